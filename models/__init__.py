@@ -1,0 +1,11 @@
+"""The model contract, the bundled model, its training, and the model handlers.
+
+Serving uses Keras 2 (the `tf-keras` package): Keras 3, the default Keras of
+TensorFlow 2.16+, cannot load a TensorFlow SavedModel with `load_model`, which is
+what Beam's `TFModelHandlerTensor` calls. The switch must be set before TensorFlow
+is first imported, so every module that imports TensorFlow imports this package first.
+"""
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,0 +1,254 @@
+"""The data contracts and the model contract, in one place.
+
+Both `transforms/` (which builds rows) and `connectors/` (which writes them to Parquet
+or BigQuery) need the table shapes, and neither may import the other, so the shapes
+live here beside the model contract (see ../shared/DESIGN.md, "Data contracts").
+
+Each table is a tuple of `Field(name, type, mode)`; `type` is a BigQuery standard SQL
+type name, from which the Parquet (pyarrow) schema is derived in `connectors/`.
+
+The model contract: a SavedModel whose serving signature takes `text: tf.string [batch]`
+and returns `probabilities: float [batch, C]` (optionally also `token_count` and
+`oov_count: int [batch]`, the vocabulary-drift signal), shipped with `model.json`
+read by `ModelSpec.load`. `ModelSpec.predict` turns one probability row into the
+ScoredPost prediction fields the same way for every model:
+
+    >>> spec = ModelSpec(classes=("negative", "neutral", "positive"), class_scores=(-1, 0, 1))
+    >>> spec.predict([0.1, 0.2, 0.7])
+    Prediction(label='positive', score=0.6, stars=None, confidence=0.7)
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+from typing import NamedTuple, Sequence
+
+LABELS = ("negative", "neutral", "positive")
+UTC = dt.timezone.utc
+
+
+class RawMessage(NamedTuple):
+    """A message as a source received it: what `connectors/` hands to `transforms/`."""
+
+    data: bytes
+    attributes: dict
+    publish_time: float | None = None  # epoch seconds
+    watermark: float | None = None  # the source's watermark at arrival; None = processing time
+
+
+def parse_rfc3339(value) -> dt.datetime:
+    """RFC 3339 ('2026-11-25T07:47:19.123Z', '+01:00' offsets) -> aware UTC datetime.
+
+    Raises ValueError with a sentence fit for a dead letter's reason.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("created_at must be an RFC 3339 string")
+    text = value.strip()
+    if text[-1:] in ("Z", "z"):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"created_at {value!r} is not an RFC 3339 timestamp") from None
+    if parsed.tzinfo is None:
+        raise ValueError(f"created_at {value!r} has no time zone offset (RFC 3339 requires one)")
+    return parsed.astimezone(UTC)
+
+
+class Field(NamedTuple):
+    name: str
+    type: str  # BigQuery standard SQL type: STRING, INT64, FLOAT64, BOOL, TIMESTAMP, BYTES
+    mode: str = "NULLABLE"  # NULLABLE | REQUIRED | REPEATED
+    description: str = ""
+
+
+SCORED_POSTS = (
+    Field("post_id", "STRING", "REQUIRED"),
+    Field("keyword", "STRING", "REQUIRED"),
+    Field("lang", "STRING", "REQUIRED"),
+    Field("author_id", "STRING"),
+    Field("created_at", "TIMESTAMP", "REQUIRED", "event time"),
+    Field("text", "STRING", "REQUIRED", "raw text as received"),
+    Field("clean_text", "STRING", "NULLABLE", "text as the model saw it"),
+    Field("label", "STRING", "REQUIRED", "negative|neutral|positive"),
+    Field("score", "FLOAT64", "REQUIRED", "[-1, 1]"),
+    Field("stars", "INT64", "NULLABLE", "1-5 where the model rates stars"),
+    Field("confidence", "FLOAT64", "REQUIRED", "max class probability"),
+    Field("token_count", "INT64"),
+    Field("oov_count", "INT64"),
+    Field("model_version", "STRING", "REQUIRED"),
+    Field("processed_at", "TIMESTAMP", "REQUIRED"),
+)
+
+SENTIMENT_WINDOWS = (
+    Field("window_start", "TIMESTAMP", "REQUIRED"),
+    Field("window_end", "TIMESTAMP", "REQUIRED"),
+    Field("keyword", "STRING", "REQUIRED", "'*' = all keywords"),
+    Field("lang", "STRING", "REQUIRED", "'*' = all languages"),
+    Field("posts", "INT64", "REQUIRED"),
+    Field("positive", "INT64", "REQUIRED"),
+    Field("neutral", "INT64", "REQUIRED"),
+    Field("negative", "INT64", "REQUIRED"),
+    Field("mean_score", "FLOAT64"),
+    Field("mean_confidence", "FLOAT64"),
+    Field("low_confidence", "INT64", "REQUIRED"),
+    Field("oov_rate", "FLOAT64", "NULLABLE", "share of tokens outside the model's vocabulary"),
+    Field("pane_index", "INT64", "REQUIRED"),
+    Field("pane_timing", "STRING", "REQUIRED", "EARLY|ON_TIME|LATE|UNKNOWN"),
+    Field("model_version", "STRING"),
+    Field("emitted_at", "TIMESTAMP", "REQUIRED"),
+)
+
+ALERTS = (
+    Field("window_start", "TIMESTAMP", "REQUIRED"),
+    Field("window_end", "TIMESTAMP", "REQUIRED"),
+    Field("keyword", "STRING", "REQUIRED"),
+    Field("kind", "STRING", "REQUIRED", "negative_surge|volume_spike"),
+    Field("value", "FLOAT64", "REQUIRED"),
+    Field("baseline", "FLOAT64", "REQUIRED"),
+    Field("zscore", "FLOAT64", "REQUIRED"),
+    Field("sample_post_ids", "STRING", "REPEATED"),
+    Field("emitted_at", "TIMESTAMP", "REQUIRED"),
+)
+
+REVIEW_QUEUE = SCORED_POSTS  # low-confidence posts, same shape as scored_posts
+
+DEAD_LETTERS = (
+    Field("stage", "STRING", "REQUIRED", "read|parse|clean|score|write"),
+    Field("reason", "STRING", "REQUIRED"),
+    Field("payload", "BYTES", "NULLABLE", "the message exactly as received"),
+    Field("attributes", "STRING", "NULLABLE", "JSON object of the message attributes"),
+    Field("received_at", "TIMESTAMP", "REQUIRED"),
+)
+
+TABLES = {
+    "scored_posts": SCORED_POSTS,
+    "sentiment_windows": SENTIMENT_WINDOWS,
+    "alerts": ALERTS,
+    "review_queue": REVIEW_QUEUE,
+    "dead_letters": DEAD_LETTERS,
+}
+
+# The event-time column each table is partitioned on (BigQuery) and clustered by.
+PARTITION_COLUMN = {
+    "scored_posts": "created_at",
+    "sentiment_windows": "window_start",
+    "alerts": "window_start",
+    "review_queue": "created_at",
+    "dead_letters": "received_at",
+}
+
+
+class Prediction(NamedTuple):
+    label: str
+    score: float
+    stars: int | None
+    confidence: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What `model.json` says about a model's outputs (the model contract).
+
+    `class_scores[i]` is the score in [-1, 1] of class i; the post's score is the
+    expectation under the softmax. With `class_stars` (star-rating models) the
+    stars are argmax + their offset and the label comes from the score, cut at
+    `label_cuts`; otherwise the label is the class name of the argmax class
+    mapped through `class_labels`.
+    """
+
+    classes: tuple[str, ...] = LABELS
+    class_scores: tuple[float, ...] = (-1.0, 0.0, 1.0)
+    class_labels: tuple[str, ...] | None = None
+    class_stars: tuple[int, ...] | None = None
+    label_cuts: tuple[float, float] = (-0.25, 0.25)
+    version: str = "unversioned"
+    name: str = "model"
+    vocab_size: int | None = None
+    max_length: int | None = None
+    extra: dict = dataclasses.field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self):
+        n = len(self.classes)
+        if n < 2:
+            raise ValueError("a model needs at least two classes")
+        if len(self.class_scores) != n:
+            raise ValueError(f"class_scores has {len(self.class_scores)} entries for {n} classes")
+        if any(not -1.0 <= s <= 1.0 for s in self.class_scores):
+            raise ValueError("class_scores must lie in [-1, 1]")
+        labels = self.class_labels or self.classes
+        if len(labels) != n or any(lab not in LABELS for lab in labels):
+            raise ValueError(f"class_labels must map each class to one of {LABELS}")
+        if self.class_stars is not None and len(self.class_stars) != n:
+            raise ValueError("class_stars must have one entry per class")
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self.class_labels or self.classes)
+
+    def predict(self, probabilities: Sequence[float]) -> Prediction:
+        """One row of class probabilities -> label, score, stars, confidence."""
+        probs = [float(p) for p in probabilities]
+        if len(probs) != len(self.classes):
+            raise ValueError(f"expected {len(self.classes)} probabilities, got {len(probs)}")
+        if any(math.isnan(p) or p < -1e-6 for p in probs):
+            raise ValueError(f"invalid probabilities {probs}")
+        total = sum(probs)
+        if not total > 0:
+            raise ValueError("probabilities sum to zero")
+        probs = [p / total for p in probs]
+        best = max(range(len(probs)), key=probs.__getitem__)
+        score = sum(p * s for p, s in zip(probs, self.class_scores))
+        score = min(1.0, max(-1.0, score))
+        if self.class_stars is not None:
+            stars = int(self.class_stars[best])
+            label = label_for_score(score, self.label_cuts)
+        else:
+            stars = None
+            label = self.labels[best]
+        return Prediction(label, round(score, 6), stars, round(probs[best], 6))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelSpec":
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        kwargs = {}
+        for key in known:
+            if key in d and d[key] is not None:
+                value = d[key]
+                kwargs[key] = tuple(value) if isinstance(value, list) else value
+        return cls(**kwargs, extra={k: v for k, v in d.items() if k not in known})
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        d.update(self.extra)
+        return d
+
+    @classmethod
+    def load(cls, model_dir: str) -> "ModelSpec":
+        path = os.path.join(model_dir, "model.json")
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
+    @classmethod
+    def for_stars(cls, n_stars: int = 5, **kwargs) -> "ModelSpec":
+        """A star-rating model (e.g. nlptown's 5 classes '1 star' .. '5 stars')."""
+        stars = tuple(range(1, n_stars + 1))
+        mid = (n_stars + 1) / 2
+        scores = tuple((s - mid) / (mid - 1) for s in stars)
+        labels = tuple(label_for_score(s, kwargs.get("label_cuts", (-0.25, 0.25))) for s in scores)
+        kwargs.setdefault("classes", tuple(f"{s} star{'s' if s > 1 else ''}" for s in stars))
+        return cls(class_scores=scores, class_labels=labels, class_stars=stars, **kwargs)
+
+
+def label_for_score(score: float, cuts: Sequence[float] = (-0.25, 0.25)) -> str:
+    """negative below cuts[0], positive above cuts[1], neutral between (inclusive)."""
+    low, high = cuts
+    if score < low:
+        return "negative"
+    if score > high:
+        return "positive"
+    return "neutral"

@@ -1,0 +1,48 @@
+"""`pulse`: the command line of sentiment-pulse.
+
+    pulse run      --input FILE|projects/P/subscriptions/S --output DIR|PROJECT:DATASET [Beam options]
+    pulse sql      "SELECT ..." --output DIR        SQL over the Parquet tables (DuckDB)
+    pulse summary  --output DIR                     per-keyword summary of a run
+    pulse ingest   --keywords acme,nimbus --topic projects/P/topics/T     X API -> Pub/Sub
+    pulse publish  --topic projects/P/topics/T --file posts.jsonl --rate 100
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "run": ("pipelines.sentiment_pipeline", "main", "run the streaming job"),
+    "sql": ("pipelines.sql_cli", "sql_main", "run SQL over an output directory (DuckDB)"),
+    "summary": ("pipelines.sql_cli", "summary_main", "print a per-keyword summary of an output directory"),
+    "ingest": ("pipelines.ingest", "main", "poll the X API and publish posts to Pub/Sub"),
+    "publish": ("pipelines.publish", "main", "publish a JSON-lines file or synthetic posts to Pub/Sub"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: pulse COMMAND [ARGS]", "", "commands:"]
+    lines += [f"  {name:<8} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += ["", "pulse COMMAND --help shows a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"pulse: error: unknown command {command!r} (one of: {', '.join(COMMANDS)})", file=sys.stderr)
+        return 2
+    module, func, _ = COMMANDS[command]
+    if command == "run" and any(a in ("-h", "--help") for a in rest):
+        from pipelines.options import print_help
+        print_help()
+        return 0
+    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Aggregation arithmetic and alert rules, called without a pipeline."""
+import datetime as dt
+
+import pytest
+
+from transforms.aggregate import SentimentStatsFn, Stats, add_post, keys_of, merge, window_row
+from transforms.alerts import AlertSpec, WindowFigures, evaluate
+
+UTC = dt.timezone.utc
+
+
+def row(pid, label, score, confidence=0.9, keyword="acme", lang="en", tokens=4, oov=1):
+    return {"post_id": pid, "label": label, "score": score, "confidence": confidence, "keyword": keyword,
+            "lang": lang, "token_count": tokens, "oov_count": oov, "model_version": "v1"}
+
+
+def test_each_post_counts_under_four_keys():
+    assert [k for k, _ in keys_of(row("1", "positive", 0.5))] == [
+        ("acme", "en"), ("acme", "*"), ("*", "en"), ("*", "*")]
+
+
+def test_stats_arithmetic_and_row():
+    fn = SentimentStatsFn(low_confidence_below=0.5)
+    rows = [row("1", "negative", -0.8), row("2", "negative", -0.2, confidence=0.4),
+            row("3", "positive", 0.6, tokens=6, oov=0), row("4", "neutral", 0.0), row("5", "negative", -0.9)]
+    acc = fn.create_accumulator()
+    for r in rows[:2]:
+        acc = fn.add_input(acc, r)
+    other = fn.create_accumulator()
+    for r in rows[2:]:
+        other = fn.add_input(other, r)
+    stats = fn.extract_output(fn.merge_accumulators([acc, other]))
+    assert (stats.posts, stats.positive, stats.neutral, stats.negative, stats.low_confidence) == (5, 1, 1, 3, 1)
+    out = window_row(("acme", "*"), stats, 60.0, 120.0, 2, "LATE")
+    assert out["mean_score"] == pytest.approx((-0.8 - 0.2 + 0.6 + 0.0 - 0.9) / 5)
+    assert out["mean_confidence"] == pytest.approx((0.9 * 4 + 0.4) / 5)
+    assert out["oov_rate"] == pytest.approx(4 / 22)
+    assert out["_sample_post_ids"] == ["5", "1", "2"]  # most negative first
+    assert out["window_start"] == dt.datetime(1970, 1, 1, 0, 1, tzinfo=UTC)
+    assert (out["pane_index"], out["pane_timing"], out["model_version"]) == (2, "LATE", "v1")
+
+
+def test_merge_is_order_independent():
+    a = add_post(Stats(), row("1", "negative", -0.5), 0.5)
+    b = add_post(add_post(Stats(), row("2", "positive", 0.5), 0.5), row("3", "negative", -0.7), 0.5)
+    assert merge(a, b) == merge(b, a)
+
+
+def test_empty_token_counts_give_no_oov_rate():
+    stats = add_post(Stats(), row("1", "neutral", 0.0, tokens=None, oov=None), 0.5)
+    assert window_row(("*", "*"), stats, 0, 60, 0, "ON_TIME")["oov_rate"] is None
+
+
+def history(shares_and_volumes, size=60.0):
+    return {i * size: WindowFigures(i * size, (i + 1) * size, n, round(n * share))
+            for i, (share, n) in enumerate(shares_and_volumes)}
+
+
+def test_negative_surge_against_baseline():
+    hist = history([(0.2, 20)] * 10)
+    current = WindowFigures(600.0, 660.0, 20, 16, ("p1",))
+    kinds = {a["kind"]: a for a in evaluate(current, hist, AlertSpec())}
+    assert set(kinds) == {"negative_surge"}
+    assert kinds["negative_surge"]["value"] == pytest.approx(0.8)
+    assert kinds["negative_surge"]["baseline"] == pytest.approx(0.2)
+    assert kinds["negative_surge"]["zscore"] == pytest.approx((0.8 - 0.2) / 0.05)
+
+
+def test_volume_spike_uses_poisson_floor_and_counts_empty_windows():
+    hist = history([(0.2, 10)] * 10)
+    del hist[300.0]  # an empty window counts as zero posts; none exist before the first
+    current = WindowFigures(600.0, 660.0, 40, 8)
+    kinds = {a["kind"]: a for a in evaluate(current, hist, AlertSpec())}
+    assert set(kinds) == {"volume_spike"}
+    assert kinds["volume_spike"]["baseline"] == pytest.approx(9.0)
+
+
+def test_no_alert_without_enough_posts_or_history():
+    assert evaluate(WindowFigures(600.0, 660.0, 5, 5), history([(0.1, 20)] * 10), AlertSpec()) == []
+    assert evaluate(WindowFigures(240.0, 300.0, 50, 50), history([(0.1, 20)] * 4), AlertSpec()) == []
