@@ -65,6 +65,16 @@ def malformed_messages(at: dt.datetime) -> list[bytes]:
     ]
 
 
+def _time_before(lines: list[bytes], index: int) -> dt.datetime:
+    """The created_at of the nearest valid post before `index`."""
+    for line in reversed(lines[:index]):
+        try:
+            return dt.datetime.fromisoformat(json.loads(line)["created_at"].replace("Z", "+00:00"))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return START
+
+
 def build(tweets: list[tuple[str, float, str]], seed: int = SEED) -> list[bytes]:
     """The sample stream's lines, in arrival order."""
     rng = random.Random(seed)
@@ -100,9 +110,10 @@ def build(tweets: list[tuple[str, float, str]], seed: int = SEED) -> list[bytes]
     # Duplicates: redelivered a few messages after the original.
     for i in sorted(rng.sample(range(len(lines) - 20), 25), reverse=True):
         lines.insert(i + rng.randint(1, 10), lines[i])
-    # Malformed messages, spread through the hour.
-    for line in malformed_messages(START + dt.timedelta(minutes=30)):
-        lines.insert(rng.randrange(100, len(lines) - 100), line)
+    # Malformed messages, spread through the hour, each stamped with its neighbour's time.
+    for i in range(len(malformed_messages(START))):
+        at = rng.randrange(100, len(lines) - 100)
+        lines.insert(at, malformed_messages(_time_before(lines, at))[i])
     return lines
 
 

@@ -133,7 +133,12 @@ def run(argv: list[str] | None = None, model=None) -> beam.runners.runner.Pipeli
         # TestStream; go straight to the Python runner that supports streaming.
         standard.runner = "BundleBasedDirectRunner"
         direct_runner_metrics.install()
-    handler, spec = model or load_model(sentiment)
+    if model is None:
+        try:
+            model = load_model(sentiment)
+        except (ValueError, FileNotFoundError) as e:
+            raise OptionsError(f"--model {sentiment.model}: {e}") from None
+    handler, spec = model
     _LOG.info("model %s (%s), input %s, output %s", spec.name, spec.version, sentiment.input, sentiment.output)
     p = beam.Pipeline(options=options)
     build_pipeline(p, make_source(sentiment, runner), make_sinks(sentiment), sentiment, handler, spec)
@@ -161,11 +166,6 @@ def main(argv: list[str] | None = None) -> int:
     except (OptionsError, FileNotFoundError) as e:
         print(f"pulse run: error: {e}", file=sys.stderr)
         return 2
-    except ValueError as e:
-        if "model" in str(e).lower():
-            print(f"pulse run: error: {e}", file=sys.stderr)
-            return 2
-        raise
     c = counters(result)
     ok, line = accounting(c)
     print(f"pulse run: {result.state} in {time.monotonic() - started:.0f} s; {line}", file=sys.stderr)

@@ -63,7 +63,13 @@ def test_negative_surge_against_baseline():
     assert set(kinds) == {"negative_surge"}
     assert kinds["negative_surge"]["value"] == pytest.approx(0.8)
     assert kinds["negative_surge"]["baseline"] == pytest.approx(0.2)
-    assert kinds["negative_surge"]["zscore"] == pytest.approx((0.8 - 0.2) / 0.05)
+    assert kinds["negative_surge"]["zscore"] == pytest.approx((0.8 - 0.2) / (0.2 * 0.8 / 20) ** 0.5)
+
+
+def test_a_small_window_needs_more_than_a_couple_of_negatives():
+    hist = history([(0.05, 12)] * 10)
+    assert evaluate(WindowFigures(600.0, 660.0, 12, 2), hist, AlertSpec()) == []
+    assert [a["kind"] for a in evaluate(WindowFigures(600.0, 660.0, 12, 6), hist, AlertSpec())] == ["negative_surge"]
 
 
 def test_volume_spike_uses_poisson_floor_and_counts_empty_windows():

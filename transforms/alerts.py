@@ -7,8 +7,10 @@ Two kinds, each judged by a z-score against the same keyword's previous
 count as zero volume):
 
 - negative_surge: the window's share of negative posts, against the mean and spread of
-  that share in the baseline windows that had posts; the spread is floored at
-  `min_share_std` so a keyword that was always 0 % negative does not alert on one post.
+  that share in the baseline windows that had posts. The spread is at least the
+  binomial standard error of a share over this window's post count (sqrt(p(1-p)/n)),
+  so 2 negatives out of 12 posts is not a surge, and at least `min_share_std`, so a
+  keyword that was always 0 % negative does not alert on one post.
 - volume_spike: the window's post count, against the baseline's mean count; the spread
   is floored at the Poisson spread sqrt(mean), since counts of independent posts
   vary at least that much.
@@ -80,7 +82,9 @@ def evaluate(current: WindowFigures, history: dict[float, WindowFigures], spec: 
     share = current.negative / current.posts
     shares = [w.negative / w.posts for w in seen]
     mean_share = statistics.fmean(shares)
-    std_share = max(statistics.pstdev(shares), spec.min_share_std)
+    p = min(max(mean_share, spec.min_share_std), 1 - spec.min_share_std)
+    binomial = math.sqrt(p * (1 - p) / current.posts)
+    std_share = max(statistics.pstdev(shares), binomial, spec.min_share_std)
     z = (share - mean_share) / std_share
     if z >= spec.zscore:
         alerts.append({"kind": "negative_surge", "value": share, "baseline": mean_share, "zscore": z})

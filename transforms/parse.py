@@ -29,6 +29,14 @@ DEFAULT_KEYWORD = "(none)"
 NAMESPACE = "sentiment_pulse"
 
 
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number",
+               bool: "boolean", type(None): "null"}
+
+
+def json_type(value) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
 class ParseError(ValueError):
     """A message that is not a valid Post; the message is the dead letter's reason."""
 
@@ -46,7 +54,7 @@ def _optional_str(body: dict, field: str, max_chars: int = 64) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ParseError(f"field {field!r} must be a string, got {type(value).__name__}")
+        raise ParseError(f"field {field!r} must be a string, got {json_type(value)}")
     value = value.strip()
     if len(value) > max_chars:
         raise ParseError(f"field {field!r} is longer than {max_chars} characters")
@@ -70,13 +78,13 @@ def parse_post(data: bytes, attributes: dict | None, publish_time: float | None,
     except json.JSONDecodeError as e:
         raise ParseError(f"payload is not JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     if not isinstance(body, dict):
-        raise ParseError(f"payload is a JSON {type(body).__name__}, not an object")
+        raise ParseError(f"payload is a JSON {json_type(body)}, not an object")
 
     post_id = body.get("id")
     if post_id is None:
         raise ParseError("required field 'id' is missing")
     if not isinstance(post_id, str):
-        raise ParseError(f"field 'id' must be a string, got {type(post_id).__name__}")
+        raise ParseError(f"field 'id' must be a string, got {json_type(post_id)}")
     post_id = post_id.strip()
     if not post_id or len(post_id) > MAX_ID_CHARS:
         raise ParseError(f"field 'id' must be 1 to {MAX_ID_CHARS} characters")
@@ -85,7 +93,7 @@ def parse_post(data: bytes, attributes: dict | None, publish_time: float | None,
     if text is None:
         raise ParseError("required field 'text' is missing")
     if not isinstance(text, str):
-        raise ParseError(f"field 'text' must be a string, got {type(text).__name__}")
+        raise ParseError(f"field 'text' must be a string, got {json_type(text)}")
     if not text.strip():
         raise ParseError("field 'text' is blank")
     if len(text) > MAX_TEXT_CHARS:

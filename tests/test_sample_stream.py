@@ -1,0 +1,37 @@
+"""The embedded default stream: every kind of message a first run should show."""
+import datetime as dt
+import json
+
+from connectors.sample_stream import SURGE_BRAND, SURGE_POSTS, build, malformed_messages
+from transforms.parse import ParseError, parse_post
+
+
+def corpus(n=600):
+    return [(str(i), (i % 9) - 4 + 0.1, f"tweet number {i}") for i in range(1, n + 1)]
+
+
+def test_sample_has_posts_duplicates_late_and_malformed_lines():
+    lines = build(corpus())
+    assert len(lines) == 600 + 25 + len(malformed_messages(dt.datetime.now()))
+    assert build(corpus()) == lines  # seeded
+    bad = []
+    posts = []
+    for line in lines:
+        try:
+            posts.append(parse_post(line, {}, None))
+        except ParseError as e:
+            bad.append(str(e))
+    assert len(bad) == 11  # the control-characters-only post parses; Clean dead-letters it
+    ids = [p.post_id for p in posts]
+    assert len(ids) - len(set(ids)) == 25
+    newest, late, very_late = None, 0, 0
+    for post in posts:
+        if newest is not None:
+            behind = (newest - post.created_at).total_seconds()
+            late += 120 <= behind < 600
+            very_late += behind >= 1100
+        newest = post.created_at if newest is None else max(newest, post.created_at)
+    assert late >= 6 and very_late == 2, (late, very_late)
+    surge = [p for p in posts if p.keyword == SURGE_BRAND and "14:4" in p.created_at.isoformat()[11:15]]
+    assert len(surge) >= SURGE_POSTS
+    assert all(json.loads(l)["lang"] == "en" for l in lines[:50] if l.startswith(b'{"id": "t'))
