@@ -56,7 +56,7 @@ lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/pip install --quiet --upgrade pip==25.3
 	.venv-lock/bin/pip install --quiet -r requirements.in
-	.venv-lock/bin/pip freeze --exclude-editable | grep -v '^sentiment-pulse' > requirements.lock
+	.venv-lock/bin/pip freeze --all --exclude-editable | grep -v "^sentiment-pulse" > requirements.lock
 	rm -rf .venv-lock
 
 clean:

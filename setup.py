@@ -9,7 +9,7 @@ import pathlib
 from setuptools import setup
 
 HERE = pathlib.Path(__file__).parent
-TEST_ONLY = {"pytest", "pytest-timeout"}
+TEST_ONLY = {"pytest", "pytest-timeout", "bqemulator", "testcontainers"}
 
 
 def requirements():
@@ -26,8 +26,8 @@ setup(
     version="0.1.0",
     description="Real-time customer sentiment: Pub/Sub -> Beam RunInference -> BigQuery/Parquet",
     python_requires=">=3.11,<3.12",
-    packages=["pipelines", "transforms", "connectors", "models"],
-    package_data={"models": ["bundled/*", "bundled/*/*", "bundled/*/*/*"]},
+    packages=["pipelines", "transforms", "connectors", "models", "sql"],
+    package_data={"models": ["bundled/*", "bundled/*/*", "bundled/*/*/*"], "sql": ["*.sql", "queries/*.sql"]},
     install_requires=requirements(),
     entry_points={"console_scripts": ["pulse = pipelines.cli:main"]},
 )

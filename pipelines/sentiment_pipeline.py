@@ -140,9 +140,21 @@ def run(argv: list[str] | None = None, model=None) -> beam.runners.runner.Pipeli
             raise OptionsError(f"--model {sentiment.model}: {e}") from None
     handler, spec = model
     _LOG.info("model %s (%s), input %s, output %s", spec.name, spec.version, sentiment.input, sentiment.output)
+    source = make_source(sentiment, runner)
+    if isinstance(source, ReplayPosts) and source.bounded and sentiment.early_firing:
+        # A bounded replay has batch semantics: no processing-time panes (the portable job
+        # service fails on processing-time triggers in batch).
+        _LOG.info("replaying %s as a bounded collection on %s: no early panes", sentiment.input, runner)
+        sentiment.early_firing = 0
     p = beam.Pipeline(options=options)
-    build_pipeline(p, make_source(sentiment, runner), make_sinks(sentiment), sentiment, handler, spec)
+    build_pipeline(p, source, make_sinks(sentiment), sentiment, handler, spec)
     result = p.run()
+    if runner not in DIRECT_RUNNERS and is_pubsub_path(sentiment.input):
+        # A streaming job on Dataflow or Flink runs until cancelled: submitting is the whole command.
+        if sentiment.run_for is not None:
+            result.wait_until_finish(duration=int(sentiment.run_for * 1000))
+            result.cancel()
+        return result
     if sentiment.run_for is None:
         result.wait_until_finish()
     else:
