@@ -1,0 +1,217 @@
+"""Load the shared SQL in `sql/` for one dialect, with its parameters.
+
+The SQL is BigQuery standard SQL. One dialect switch, `render(text, dialect, dataset)`,
+makes it run on DuckDB as well; it changes exactly two things:
+
+* `${dataset}.table` names the dataset: `` `project`.`dataset` `` on BigQuery, DuckDB's
+  `main` schema locally;
+* `@name` query parameters become `$name` on DuckDB.
+
+BigQuery functions DuckDB lacks (SAFE_DIVIDE, DIV, UNIX_SECONDS, TIMESTAMP_SECONDS) are
+defined as DuckDB macros in `sql/duckdb_compat.sql`, so the query text needs no other change.
+
+A query file starts with `--` comment lines: a description, then one line per parameter,
+`-- @param NAME TYPE [= DEFAULT] [: help]` (TYPE a BigQuery type; DEFAULT NULL means optional).
+
+    .venv/bin/python -m connectors.sqlfiles keyword_summary --dialect bigquery --dataset my-proj:pulse
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import importlib.resources
+import re
+import sys
+from typing import Any, Mapping
+
+DIALECTS = ("bigquery", "duckdb")
+DUCKDB_SCHEMA = "main"
+
+_PARAM_LINE = re.compile(
+    r"^--\s*@param\s+(?P<name>\w+)\s+(?P<type>\w+)(?:\s*=\s*(?P<default>[^:]+?))?\s*(?::\s*(?P<help>.*))?$"
+)
+# `@name` outside string literals; BigQuery's `@@system_variables` are left alone.
+_PARAM_REF = re.compile(r"(?<![@\w])@(\w+)")
+_DATASET_REF = "${dataset}"
+_MISSING = object()
+
+
+class SqlError(ValueError):
+    """A user mistake with a query: unknown name, missing or malformed parameter."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    name: str
+    type: str  # BigQuery type name: STRING, INT64, FLOAT64, BOOL, TIMESTAMP
+    default: Any = _MISSING
+    help: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is _MISSING
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+    name: str
+    description: str
+    params: tuple[Param, ...]
+    text: str  # BigQuery SQL with `${dataset}.` table prefixes and `@name` parameters
+
+    def render(self, dialect: str, dataset: str | None = None) -> str:
+        return render(self.text, dialect, dataset)
+
+    def bind(self, values: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Parameter values (strings from a command line, or Python values) -> typed values,
+        defaults filled in; raises SqlError naming the parameter that is wrong or missing."""
+        values = dict(values or {})
+        unknown = sorted(set(values) - {p.name for p in self.params})
+        if unknown:
+            known = ", ".join(p.name for p in self.params) or "none"
+            raise SqlError(f"query {self.name!r} has no parameter {unknown[0]!r} (parameters: {known})")
+        bound = {}
+        for p in self.params:
+            if p.name in values:
+                bound[p.name] = convert(p, values[p.name])
+            elif p.required:
+                raise SqlError(f"query {self.name!r} needs --param {p.name}=<{p.type}> ({p.help or 'no default'})")
+            else:
+                bound[p.name] = p.default
+        return bound
+
+
+def sql_root():
+    """The installed `sql/` folder (a Traversable)."""
+    return importlib.resources.files("sql")
+
+
+def render(text: str, dialect: str, dataset: str | None = None) -> str:
+    """The one dialect switch: BigQuery SQL from `sql/` -> SQL for `dialect`.
+
+    `dataset` is `project:dataset`, `project.dataset` or `dataset` (BigQuery only; the
+    job's default project is used when the project is left out).
+    """
+    if dialect == "duckdb":
+        return _PARAM_REF.sub(r"$\1", text.replace(_DATASET_REF, DUCKDB_SCHEMA))
+    if dialect == "bigquery":
+        if not dataset:
+            raise SqlError("BigQuery SQL needs a dataset (PROJECT:DATASET or DATASET)")
+        return text.replace(_DATASET_REF, quote_dataset(dataset))
+    raise SqlError(f"unknown SQL dialect {dialect!r}; expected one of {', '.join(DIALECTS)}")
+
+
+def quote_dataset(dataset: str) -> str:
+    """'my-proj:pulse' -> '`my-proj`.`pulse`' (hyphenated project ids need the quotes)."""
+    parts = [part for part in re.split(r"[:.]", dataset) if part]
+    if not 1 <= len(parts) <= 2 or not all(re.fullmatch(r"[\w-]+", part) for part in parts):
+        raise SqlError(f"not a BigQuery dataset: {dataset!r}; expected PROJECT:DATASET or DATASET")
+    return ".".join(f"`{part}`" for part in parts)
+
+
+def parse_query(name: str, source: str) -> Query:
+    """A query file's text -> Query (description and parameters from its leading comments)."""
+    description, params = [], []
+    for line in source.splitlines():
+        if not line.startswith("--"):
+            break
+        match = _PARAM_LINE.match(line.strip())
+        if match:
+            p = Param(match["name"], match["type"].upper(), help=(match["help"] or "").strip())
+            if match["default"] is not None:
+                raw = match["default"].strip()
+                p = dataclasses.replace(p, default=None if raw.upper() == "NULL" else convert(p, raw))
+            params.append(p)
+        elif not params:
+            description.append(line[2:].strip())
+    return Query(name, " ".join(d for d in description if d), tuple(params), source)
+
+
+def query_names() -> list[str]:
+    return sorted(f.name[:-4] for f in sql_root().joinpath("queries").iterdir() if f.name.endswith(".sql"))
+
+
+def load_query(name: str) -> Query:
+    """`sql/queries/<name>.sql` -> Query; SqlError listing the known names if there is none."""
+    path = sql_root().joinpath("queries", f"{name}.sql")
+    if not re.fullmatch(r"\w+", name) or not path.is_file():
+        raise SqlError(f"no query named {name!r}; known queries: {', '.join(query_names())}")
+    return parse_query(name, path.read_text(encoding="utf-8"))
+
+
+def statements(filename: str, dialect: str, dataset: str | None = None) -> list[str]:
+    """The `;`-separated statements of `sql/<filename>` rendered for `dialect` (whole-line
+    `--` comments dropped first, so they may contain `;`)."""
+    source = sql_root().joinpath(filename).read_text(encoding="utf-8")
+    code = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith("--"))
+    return [chunk.strip() for chunk in render(code, dialect, dataset).split(";") if chunk.strip()]
+
+
+def view_statements(dialect: str, dataset: str | None = None) -> list[str]:
+    """`CREATE OR REPLACE VIEW` statements of sql/views.sql for `dialect`."""
+    return statements("views.sql", dialect, dataset)
+
+
+def view_names() -> list[str]:
+    text = sql_root().joinpath("views.sql").read_text(encoding="utf-8")
+    return re.findall(r"VIEW\s+\$\{dataset\}\.(\w+)", text)
+
+
+def convert(param: Param, value: Any) -> Any:
+    """A parameter value (a Python value, or a string from the command line) -> the Python
+    value of the parameter's type; SqlError on a malformed value."""
+    if value is None or (isinstance(value, str) and value.upper() == "NULL"):
+        return None
+    try:
+        if param.type == "STRING":
+            return str(value)
+        if param.type == "INT64":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if param.type == "FLOAT64":
+            return float(value)
+        if param.type == "BOOL":
+            if isinstance(value, str):
+                return {"true": True, "false": False}[value.lower()]
+            return bool(value)
+        if param.type == "TIMESTAMP":
+            return parse_timestamp(value)
+    except (ValueError, KeyError, TypeError):
+        raise SqlError(f"parameter {param.name!r}: {value!r} is not a {param.type}") from None
+    raise SqlError(f"parameter {param.name!r} has unsupported type {param.type}")
+
+
+def parse_timestamp(value: Any) -> dt.datetime:
+    """RFC 3339 text or a datetime -> timezone-aware UTC datetime (naive input is read as UTC)."""
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    if not isinstance(value, dt.datetime):
+        raise TypeError(value)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print a query (or, with no name, the views) rendered for a dialect."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("name", nargs="?", help=f"one of: {', '.join(query_names())}")
+    parser.add_argument("--dialect", choices=DIALECTS, default="duckdb")
+    parser.add_argument("--dataset", help="PROJECT:DATASET (BigQuery)")
+    args = parser.parse_args(argv)
+    try:
+        if args.name:
+            print(load_query(args.name).render(args.dialect, args.dataset))
+        else:
+            print(";\n\n".join(view_statements(args.dialect, args.dataset)) + ";")
+    except SqlError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The job as Dataflow would receive it, built and translated without submitting (no network):
+`--dry_run true` makes DataflowRunner translate the pipeline into its Job and stop before
+staging; the worker Environment (GPU service options, Streaming Engine, container image) is
+then derived from that Job exactly as DataflowApplicationClient.create_job_description does.
+
+    .venv/bin/pytest tests/test_dataflow_graph.py -q
+"""
+import pytest
+from apache_beam.portability import common_urns
+from apache_beam.portability.api import beam_runner_api_pb2
+from apache_beam.runners.dataflow.internal import apiclient
+
+from pipelines import sentiment_pipeline
+
+pytestmark = pytest.mark.integration
+
+IMAGE = "europe-west4-docker.pkg.dev/my-proj/sentiment-pulse/worker:2.77.0"
+GPU = "worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"
+
+
+@pytest.fixture(scope="module")
+def dataflow_job(tiny_bundled_model):
+    """The flags `make dataflow` passes, with STREAMING_INSERTS: the Storage Write API is a
+    Java cross-language transform whose expansion service jar cannot be fetched here."""
+    result = sentiment_pipeline.run([
+        "--runner", "DataflowRunner", "--dry_run", "true",
+        "--project", "my-proj", "--region", "europe-west4", "--job_name", "pulse-graph-test",
+        "--temp_location", "gs://my-bucket/tmp", "--staging_location", "gs://my-bucket/staging",
+        "--input", "projects/my-proj/subscriptions/posts-sub", "--output", "my-proj:pulse",
+        "--bq_method", "STREAMING_INSERTS", "--model", str(tiny_bundled_model),
+        "--max_batch_size", "64", "--max_batch_duration_secs", "1",
+        "--streaming", "--enable_streaming_engine", "--experiments", "use_runner_v2",
+        "--sdk_container_image", IMAGE, "--sdk_location", "container", "--machine_type", "n1-standard-8",
+        "--dataflow_service_options", GPU])
+    job = result.job
+    environment = apiclient.Environment(
+        packages=[], options=job.options, environment_version="8",
+        proto_pipeline_staged_url="gs://my-bucket/staging/pipeline.pb", proto_pipeline=job.proto_pipeline).proto
+    return job, environment
+
+
+def transforms(job):
+    return {t.unique_name: t for t in job.proto_pipeline.components.transforms.values()}
+
+
+def test_job_is_streaming_with_gpu_workers_and_streaming_engine(dataflow_job):
+    job, environment = dataflow_job
+    assert job.proto.type == apiclient.dataflow.JobType.JOB_TYPE_STREAMING
+    assert job.proto.name == "pulse-graph-test"
+    assert list(environment.service_options) == [GPU]
+    assert {"use_runner_v2", "enable_streaming_engine", "enable_windmill_service"} <= set(environment.experiments)
+    [pool] = environment.worker_pools
+    assert pool.machine_type == "n1-standard-8"
+    assert [image.container_image for image in pool.sdk_harness_container_images] == [IMAGE]
+
+
+def test_every_step_of_the_job_is_in_the_graph(dataflow_job):
+    job, _ = dataflow_job
+    top = {name for name in transforms(job) if "/" not in name}
+    assert {"ReadPosts", "ParsePosts", "WindowPosts", "Deduplicate", "Clean", "Score", "Aggregate",
+            "Alert", "Review", "WriteTables"} <= top
+    writes = {name.split("/")[1] for name in transforms(job) if name.startswith("WriteTables/")}
+    assert {"WriteScoredPosts", "WriteSentimentWindows", "WriteAlerts", "WriteReviewQueue",
+            "WriteDeadLetters", "RefusedScoredPosts", "PrepareDeadLetters"} <= writes
+    assert any(name.startswith("Score/RunInference") for name in transforms(job))
+
+
+def test_pubsub_read_is_dataflow_native_with_dedup_and_event_time(dataflow_job):
+    job, _ = dataflow_job
+    [read] = [t for t in transforms(job).values() if t.spec.urn == common_urns.composites.PUBSUB_READ.urn]
+    payload = beam_runner_api_pb2.PubSubReadPayload.FromString(read.spec.payload)
+    assert payload.subscription == "projects/my-proj/subscriptions/posts-sub"
+    assert (payload.id_attribute, payload.timestamp_attribute) == ("post_id", "event_time")
+    assert payload.with_attributes
+
+
+def test_workers_run_the_gpu_image(dataflow_job):
+    job, _ = dataflow_job
+    envs = job.proto_pipeline.components.environments.values()
+    assert {e.urn for e in envs} == {common_urns.environments.DOCKER.urn}
+    assert {beam_runner_api_pb2.DockerPayload.FromString(e.payload).container_image for e in envs} == {IMAGE}
