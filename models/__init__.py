@@ -9,3 +9,9 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import warnings
+
+# tensorflow_hub (imported by Beam's TensorFlow handler) still imports pkg_resources; the
+# deprecation notice is about that package, not about anything a user of this job can change.
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)

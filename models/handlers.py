@@ -34,6 +34,24 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from models.contracts import ModelSpec
 
+
+def _restore_beam_memory_probe() -> None:
+    """Beam 2.77's `apache_beam.ml.inference.base` imports `resource` in the same try block as its
+    torch-only ModelManager, so without torch `resource` is None there: RunInference then loses
+    its model-memory metric and logs 'Resource module is not available' at every model load.
+    Put the standard module back (this module is imported wherever a handler is unpickled)."""
+    from apache_beam.ml.inference import base
+
+    if getattr(base, "resource", True) is None:
+        try:
+            import resource
+        except ImportError:  # not on this platform: Beam's own fallback stays
+            return
+        base.resource = resource
+
+
+_restore_beam_memory_probe()
+
 BUNDLED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bundled")
 HF_PREFIX = "hf:"
 TFX_PREFIX = "tfx:"

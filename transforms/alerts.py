@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
+import typing
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
@@ -148,6 +149,7 @@ class DetectSurges(beam.PTransform):
         return (windows
                 | "PerKeywordAllLanguages" >> beam.Filter(
                     lambda row: row["keyword"] != ALL and row["lang"] == ALL)
-                | "KeyByKeyword" >> beam.Map(lambda row: (row["keyword"], row))
+                | "KeyByKeyword" >> beam.Map(lambda row: (row["keyword"], row)).with_output_types(
+                    typing.Tuple[str, typing.Any])  # deterministic state key coder
                 | "IntoGlobalWindow" >> beam.WindowInto(window.GlobalWindows())
                 | "CompareWithBaseline" >> beam.ParDo(_DetectSurges(self.spec, self.allowed_lateness_s)))

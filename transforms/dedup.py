@@ -12,6 +12,8 @@ same post, already accounted for.
 """
 from __future__ import annotations
 
+import typing
+
 import apache_beam as beam
 from apache_beam.coders import BooleanCoder
 from apache_beam.metrics import Metrics
@@ -43,5 +45,7 @@ class Deduplicate(beam.PTransform):
 
     def expand(self, posts):
         return (posts
-                | "KeyByPostId" >> beam.Map(lambda post: (post.post_id, post))
+                # A str key gets Beam's deterministic StrUtf8Coder for the state key.
+                | "KeyByPostId" >> beam.Map(lambda post: (post.post_id, post)).with_output_types(
+                    typing.Tuple[str, typing.Any])
                 | "KeepFirstCopy" >> beam.ParDo(_FirstSeen()))
