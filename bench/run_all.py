@@ -198,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="data", help="folder holding hutto_ICWSM_2014/ (make data)")
     parser.add_argument("--bundled-posts", type=int, default=4200, help="tweets for the bundled model (all: 4200)")
-    parser.add_argument("--bert-posts", type=int, default=120, help="tweets for BERT-base (both ways)")
+    parser.add_argument("--bert-posts", type=int, default=256, help="tweets for BERT-base (both ways)")
     parser.add_argument("--beam-batch", type=int, default=128, help="our Beam batch size for BERT")
     parser.add_argument("--matmul", type=int, default=2048, help="matrix size for the ceiling")
     parser.add_argument("--tiny", action="store_true", help="tiny BERT and few posts: a smoke test in seconds")
@@ -220,8 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"machine: {os.cpu_count()} CPU cores, {len(gpus)} GPU(s); TensorFlow {tf.__version__}; "
           f"intra-op threads {tf.config.threading.get_intra_op_parallelism_threads() or 'default'}")
 
-    ceiling = matmul_gflops(args.matmul)
-    print(f"\n[ceiling] {args.matmul}x{args.matmul} float32 matmul: {ceiling:.1f} GFLOP/s")
+    ceiling_before = matmul_gflops(args.matmul)
+    print(f"\n[ceiling] {args.matmul}x{args.matmul} float32 matmul: {ceiling_before:.1f} GFLOP/s "
+          "(measured again after BERT; the higher of the two is the ceiling)")
 
     with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
         model_dir, which = bundled_model_dir(workdir)
@@ -239,6 +240,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         kind = "tiny BERT (2 layers, hidden 32)" if args.tiny else \
             f"BERT-base-shaped ({config.num_hidden_layers} layers, hidden {config.hidden_size})"
         bert = bench_bert(bert_texts, runner, config, args.beam_batch, progress)
+    # On a shared machine a neighbour can slow either measurement down; the machine can do at
+    # least the better of the two, so that is the ceiling the fractions below are taken of.
+    ceiling_after = matmul_gflops(args.matmul)
+    ceiling = max(ceiling_before, ceiling_after)
+    print(f"\n[ceiling] again: {ceiling_after:.1f} GFLOP/s; ceiling {ceiling:.1f} GFLOP/s")
     (brief, brief_flops), (ours, ours_flops, useful) = bert["brief"], bert["ours"]
     print(f"\n[bert] {kind}, random weights, WordPiece vocab {config.vocab_size} from the tweets; "
           f"{len(bert_texts)} tweets, mean {bert['mean_tokens']:.1f} tokens with [CLS]/[SEP]")
