@@ -19,6 +19,8 @@ import numpy as np
 from models import data as data_lib
 
 VADER_CUT = 0.05
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 5
 
 
 def confusion(truth: Sequence[int], predicted: Sequence[int], n: int = 3) -> np.ndarray:
@@ -36,6 +38,44 @@ def macro_f1(truth: Sequence[int], predicted: Sequence[int], n: int = 3) -> floa
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros(n), where=denom > 0)
     return float(f1.mean())
+
+
+def _macro_f1_of_counts(m: np.ndarray) -> np.ndarray:
+    """Confusion matrices `[..., n, n]` -> macro-F1 `[...]` (the same rule as `macro_f1`)."""
+    tp = np.diagonal(m, axis1=-2, axis2=-1).astype(float)
+    predicted, actual = m.sum(-2), m.sum(-1)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    return f1.mean(-1)
+
+
+def paired_bootstrap_f1_gain(truth: Sequence[int], a: Sequence[int], b: Sequence[int], n: int = 3,
+                             resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict:
+    """How sure is "a beats b on macro-F1"? Paired bootstrap over the same posts.
+
+    Returns {'gain': F1(a) - F1(b), 'ci95': [2.5th, 97.5th percentile of the resampled gain],
+    'share_a_better': the share of resamples in which a scores higher}. A CI that excludes 0
+    means the gain is not an accident of which posts landed in the test split.
+    """
+    truth, a, b = (np.asarray(x, dtype=np.int64) for x in (truth, a, b))
+    gain = macro_f1(truth, a, n) - macro_f1(truth, b, n)
+    if len(truth) == 0:
+        return {"gain": 0.0, "ci95": [0.0, 0.0], "share_a_better": 0.0}
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(truth), size=(resamples, len(truth)))
+    offsets = (np.arange(resamples) * n * n)[:, None]
+
+    def resampled_f1(predicted):
+        codes = (truth[idx] * n + predicted[idx] + offsets).ravel()
+        counts = np.bincount(codes, minlength=resamples * n * n).reshape(resamples, n, n)
+        return _macro_f1_of_counts(counts)
+
+    gains = resampled_f1(a) - resampled_f1(b)
+    low, high = np.percentile(gains, [2.5, 97.5])
+    return {"gain": round(float(gain), 4), "ci95": [round(float(low), 4), round(float(high), 4)],
+            "share_a_better": round(float((gains > 0).mean()), 4)}
 
 
 def accuracy(truth: Sequence[int], predicted: Sequence[int]) -> float:
@@ -63,7 +103,8 @@ def evaluation_table(
     """Test examples (any corpora) -> {'tweets': {'support': n, 'model': {...}, 'vader': {...}}, ...}.
 
     `predict` maps raw texts to class indices. Corpora appear in data.CORPORA order;
-    `support` counts examples per label too.
+    `support` counts examples per label too; `model_vs_vader` is the paired bootstrap of the
+    macro-F1 gain (see paired_bootstrap_f1_gain).
     """
     table = {}
     for corpus in data_lib.CORPORA:
@@ -76,24 +117,30 @@ def evaluation_table(
         entry["support_per_label"] = {
             lab: int(sum(1 for t in truth if t == i)) for i, lab in enumerate(data_lib.LABELS)
         }
+        predictions = {}
         for name, fn in (("model", predict), ("vader", vader)):
-            predicted = fn(texts)
+            predicted = predictions[name] = fn(texts)
             entry[name] = {
                 "accuracy": round(accuracy(truth, predicted), 4),
                 "macro_f1": round(macro_f1(truth, predicted), 4),
             }
+        entry["model_vs_vader"] = paired_bootstrap_f1_gain(truth, predictions["model"], predictions["vader"])
         table[corpus] = entry
     return table
 
 
 def format_table(table: dict) -> str:
-    lines = [f"{'split':8} {'n':>5}  {'model acc':>9} {'model F1':>8}  {'VADER acc':>9} {'VADER F1':>8}"]
+    lines = [f"{'split':8} {'n':>5}  {'model acc':>9} {'model F1':>8}  {'VADER acc':>9} {'VADER F1':>8}"
+             f"  {'F1 gain [95% CI]':>22} {'P(better)':>9}"]
     for corpus, e in table.items():
         m, v = e["model"], e["vader"]
-        lines.append(
-            f"{corpus:8} {e['support']:>5}  {m['accuracy']:>9.3f} {m['macro_f1']:>8.3f}"
-            f"  {v['accuracy']:>9.3f} {v['macro_f1']:>8.3f}"
-        )
+        line = (f"{corpus:8} {e['support']:>5}  {m['accuracy']:>9.3f} {m['macro_f1']:>8.3f}"
+                f"  {v['accuracy']:>9.3f} {v['macro_f1']:>8.3f}")
+        if "model_vs_vader" in e:
+            g = e["model_vs_vader"]
+            ci = f"{g['gain']:+.3f} [{g['ci95'][0]:+.3f}, {g['ci95'][1]:+.3f}]"
+            line += f"  {ci:>22} {g['share_a_better']:>9.3f}"
+        lines.append(line)
     return "\n".join(lines)
 
 

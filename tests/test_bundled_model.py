@@ -49,6 +49,8 @@ def test_artifact_is_small_and_described():
     assert set(table) == {"tweets", "movies", "amazon", "nyt"}
     for split, row in table.items():  # the bar: beat VADER on macro-F1 on every test split
         assert row["model"]["macro_f1"] > row["vader"]["macro_f1"], split
+        gain = row["model_vs_vader"]  # and how sure that is: a paired bootstrap over the same posts
+        assert gain["ci95"][0] <= gain["gain"] <= gain["ci95"][1] and 0 <= gain["share_a_better"] <= 1
     assert table["tweets"]["support"] == 840
     assert meta["ablation"] and meta["label_rule"] and meta["training"]["seed"] is not None
 
