@@ -3,7 +3,6 @@
 Proves the backoff waits (on the shared fake clock), no post is lost, and none is
 published twice across a stop and a restart from the checkpoint.
 """
-import json
 import random
 import threading
 
@@ -24,13 +23,7 @@ def _ingest_argv(server, topic, checkpoint, *extra):
 
 
 def _published(emulator, subscription):
-    messages = emulator.pull_all(subscription)
-    for m in messages:
-        body = json.loads(m.data)
-        assert m.attributes["post_id"] == body["id"]
-        assert m.attributes["event_time"] == body["created_at"]
-        assert m.attributes["keyword"] == body["keyword"] and m.attributes["lang"] == body["lang"]
-    return [m.attributes["post_id"] for m in messages]
+    return [m.attributes["post_id"] for m in emulator.pull_posts(subscription)]
 
 
 def test_stop_and_restart_lose_nothing_and_repeat_nothing(x_api_server, pubsub_env, tmp_path, monkeypatch):

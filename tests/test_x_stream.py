@@ -49,16 +49,6 @@ def _run(stream, timeout_s=60.0):
     return result["stats"]
 
 
-def _messages(emulator, subscription):
-    messages = emulator.pull_all(subscription)
-    for m in messages:
-        body = json.loads(m.data)
-        assert m.attributes["post_id"] == body["id"]
-        assert m.attributes["event_time"] == body["created_at"]
-        assert m.attributes["keyword"] == body["keyword"] and m.attributes["lang"] == body["lang"]
-    return messages
-
-
 @pytest.fixture
 def topic_and_subscription(pubsub_env):
     topic = pubsub_env.topic("posts")
@@ -110,7 +100,7 @@ def test_tweets_arrive_with_attributes_and_one_post_per_matching_rule(x_api_serv
     assert stats.published == 7 and stats.skipped == 1 and stats.tweets == 7
     assert stats.per_keyword == {"acme": 4, "globex": 3}
 
-    messages = _messages(pubsub_env, subscription)
+    messages = pubsub_env.pull_posts(subscription)
     got = sorted((m.attributes["post_id"], m.attributes["keyword"]) for m in messages)
     expected = sorted([(i, "acme") for i in acme + both] + [(i, "globex") for i in globex + both])
     assert got == expected
@@ -151,7 +141,7 @@ def test_dropped_connection_is_reconnected_and_nothing_after_it_is_lost(x_api_se
     assert first.get("dropped") and first["delivered"] == before[:2]
     assert second["status"] == 200 and len(x_api_server.stream_connections) == 2
     assert stats.connections == 2 and stats.reconnects == 1
-    ids = [m.attributes["post_id"] for m in _messages(pubsub_env, subscription)]
+    ids = [m.attributes["post_id"] for m in pubsub_env.pull_posts(subscription)]
     assert sorted(ids) == sorted(before + after)  # nothing lost, nothing twice
 
 
@@ -179,7 +169,7 @@ def test_429_waits_until_reset_and_503_backs_off_on_the_clock(x_api_server, topi
     assert limited["reset"] - limited["time"] <= rate_limited[0] <= limited["reset"] - limited["time"] + 5
     assert x_api_server.stream_connections[2]["time"] >= limited["reset"]  # reconnected after the reset
     assert stream.connect_limiter.limit.requests == 50  # sized by x-rate-limit-limit
-    assert sorted(m.attributes["post_id"] for m in _messages(pubsub_env, subscription)) == sorted(ids)
+    assert sorted(m.attributes["post_id"] for m in pubsub_env.pull_posts(subscription)) == sorted(ids)
 
 
 @pytest.mark.parametrize("status, message", [
@@ -250,7 +240,7 @@ def test_cli_stream_end_to_end_with_max_posts(x_api_server, topic_and_subscripti
     assert ingest.main(_stream_argv(x_api_server, topic, "--max_posts", "6")) == 0
     out = capsys.readouterr().out
     assert "published 6 posts from the filtered stream (2 connection(s), 1 reconnect(s))" in out
-    assert sorted(m.attributes["post_id"] for m in _messages(pubsub_env, subscription)) == sorted(ids)
+    assert sorted(m.attributes["post_id"] for m in pubsub_env.pull_posts(subscription)) == sorted(ids)
     assert sorted(r["value"] for r in x_api_server.rules) == ["acme", "globex"]
 
 
