@@ -22,6 +22,7 @@ or publishing failed; 2 a usage mistake (bad flag, missing token or file).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -130,6 +131,24 @@ def parse_args(argv: list[str]):
     return args
 
 
+NO_CREDENTIALS = ("no Google Cloud credentials (set PUBSUB_EMULATOR_HOST for the emulator, "
+                  "or run `gcloud auth application-default login`)")
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event):
+    """SIGINT/SIGTERM set `stop` (the loops finish the batch in flight) while the block runs."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None, *, clock=None, stop: threading.Event | None = None) -> int:
     """`clock` and `stop` are for tests (a FakeClock; a stop event set mid-run)."""
     prog = "pulse ingest"
@@ -158,8 +177,7 @@ def main(argv: list[str] | None = None, *, clock=None, stop: threading.Event | N
     try:
         publisher = Publisher(args.topic)
     except auth_exc.DefaultCredentialsError:
-        return fail(prog, "no Google Cloud credentials (set PUBSUB_EMULATOR_HOST for the emulator, "
-                          "or run `gcloud auth application-default login`)", EXIT_USAGE)
+        return fail(prog, NO_CREDENTIALS, EXIT_USAGE)
     client = make_client(args.token, api_url=args.api_url)
     limiter = search_limiter(clock, args.requests_per_window, args.window_s)
     search = RecentSearch(client, limiter, Backoff(), clock, max_results=args.max_results,
@@ -167,19 +185,14 @@ def main(argv: list[str] | None = None, *, clock=None, stop: threading.Event | N
     ingester = Ingester(search, publisher, checkpoint, args.keywords, clock=clock,
                         poll_interval_s=args.poll_interval, backfill_pages=args.backfill_pages, stop=stop)
 
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
-        stats = ingester.run(max_cycles=args.max_cycles)
+        with stop_on_signals(stop):
+            stats = ingester.run(max_cycles=args.max_cycles)
     except (Fatal, PublishError) as e:
         return fail(prog, str(e), EXIT_FAILED)
     except Stopped:
         stats = ingester.stats
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         publisher.close()
     print(f"published {stats.published} posts in {stats.cycles} poll cycle(s) "
           f"({search.requests} API requests); checkpoint {args.checkpoint}")
@@ -197,23 +210,17 @@ def _main_stream(prog: str, args, clock, stop: threading.Event) -> int:
         # Each post is acknowledged before the next is read: keep the batching delay short.
         publisher = Publisher(args.topic, max_latency_s=0.01)
     except auth_exc.DefaultCredentialsError:
-        return fail(prog, "no Google Cloud credentials (set PUBSUB_EMULATOR_HOST for the emulator, "
-                          "or run `gcloud auth application-default login`)", EXIT_USAGE)
+        return fail(prog, NO_CREDENTIALS, EXIT_USAGE)
     rules_limiter, connect_limiter = stream_limiters(clock)
     stream = FilteredStream(make_stream_client(args.token, api_url=args.api_url), publisher, args.keywords,
                             clock=clock, rules_limiter=rules_limiter, connect_limiter=connect_limiter,
                             stop=stop, max_posts=args.max_posts, backfill_minutes=args.backfill_minutes)
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
-        stats = stream.run()
+        with stop_on_signals(stop):
+            stats = stream.run()
     except (Fatal, PublishError) as e:
         return fail(prog, str(e), EXIT_FAILED)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         publisher.close()
     skipped = f"; {stats.skipped} matched only other tools' rules" if stats.skipped else ""
     print(f"published {stats.published} posts from the filtered stream ({stats.connections} "
