@@ -41,7 +41,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.transforms.window import TimestampedValue
 
-from models.contracts import RawMessage, parse_rfc3339
+from models.contracts import DEFAULT_MAX_FUTURE_SKEW_S, RawMessage, event_time_problem, parse_rfc3339
+
+MAX_LINE_BYTES = 256 * 1024  # longer lines are dead letters (transforms/parse.py MAX_PAYLOAD_BYTES)
 
 _LOG = logging.getLogger(__name__)
 
@@ -65,30 +67,43 @@ def read_lines(path: str) -> list[bytes]:
     return [line[:-1] if line.endswith(b"\r") else line for line in data.split(b"\n")]
 
 
-def event_time_of(line: bytes) -> float | None:
-    """The line's created_at as epoch seconds, or None when it has none that parses."""
+def event_time_of(line: bytes, now: float | None = None,
+                  max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S) -> float | None:
+    """The line's created_at as epoch seconds, or None when it has none that parses and is usable.
+
+    Whatever the line holds (deep nesting, huge numbers, bad bytes), this never raises. A
+    created_at out of range or ahead of the wall clock by more than `max_future_skew_s`
+    is None too: such a post is a dead letter and must not move the replay's clock.
+    """
+    if len(line) > MAX_LINE_BYTES or line.count(b"[") + line.count(b"{") > 64:
+        return None
     try:
         body = json.loads(line)
-        return parse_rfc3339(body["created_at"]).timestamp()
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        event_time = parse_rfc3339(body["created_at"]).timestamp()
+    except Exception:  # noqa: BLE001  (any line may be hostile; ParsePosts says why)
         return None
+    now = time.time() if now is None else now
+    return None if event_time_problem(event_time, now, max_future_skew_s) else event_time
 
 
-def plan_replay(lines: list[bytes], tick_s: float = 5.0) -> list[Tick]:
+def plan_replay(lines: list[bytes], tick_s: float = 5.0, now: float | None = None,
+                max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S) -> list[Tick]:
     """Lines in arrival order -> ticks of messages, each followed by a watermark.
 
     The message's publish time is the clock when it arrives; the watermark after a tick
-    is one tick behind the clock, so posts up to a tick out of order are on time.
+    is one tick behind the clock, so posts up to a tick out of order are on time. Only
+    usable event times move the clock (see `event_time_of`).
     """
     if tick_s <= 0:
         raise ValueError("tick must be positive")
+    now = time.time() if now is None else now
     ticks: list[Tick] = []
     clock = None
     current: list[RawMessage] = []
     current_tick = None
     watermark = -math.inf
-    for line in lines:
-        event_time = event_time_of(line)
+    for number, line in enumerate(lines, start=1):
+        event_time = event_time_of(line, now, max_future_skew_s)
         if event_time is not None:
             clock = event_time if clock is None else max(clock, event_time)
         arrival = clock if clock is not None else 0.0
@@ -98,7 +113,8 @@ def plan_replay(lines: list[bytes], tick_s: float = 5.0) -> list[Tick]:
             ticks.append(Tick(current, watermark))
             current = []
         current_tick = tick
-        current.append(RawMessage(line, {}, arrival, watermark if watermark > -math.inf else None))
+        current.append(RawMessage(line, {}, arrival, watermark if watermark > -math.inf else None,
+                                  f"line {number}"))
     if current:
         ticks.append(Tick(current, math.inf))
     return ticks
@@ -149,8 +165,10 @@ class _Pace(beam.DoFn):
 class ReplayPosts(beam.PTransform):
     """A JSON-lines file -> RawMessage, as an unbounded stream (DirectRunner) or bounded collection."""
 
-    def __init__(self, path: str, speedup: float = 0.0, tick_s: float = 5.0, bounded: bool = False):
+    def __init__(self, path: str, speedup: float = 0.0, tick_s: float = 5.0, bounded: bool = False,
+                 max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S):
         super().__init__()
+        self.max_future_skew_s = max_future_skew_s
         if speedup < 0:
             raise ValueError("speedup cannot be negative")
         self.path = path
@@ -160,7 +178,7 @@ class ReplayPosts(beam.PTransform):
         self.lines = read_lines(path)  # read at construction: the plan is part of the pipeline
 
     def expand(self, pbegin):
-        ticks = plan_replay(self.lines, self.tick_s)
+        ticks = plan_replay(self.lines, self.tick_s, max_future_skew_s=self.max_future_skew_s)
         messages = [m for tick in ticks for m in tick.messages]
         if self.bounded:
             # Batch semantics: nothing is late, so the watermark recorded on messages is minus infinity.

@@ -12,11 +12,13 @@ MIT licence, shipped in the vaderSentiment 3.3.2 sdist), so no copy is committed
   the corpus's most negative tweets at a multiple of its usual rate, so a first run
   shows a negative_surge alert;
 - late data: a few posts arrive 2 to 6 minutes after their event time (late panes),
-  and two arrive 20 minutes late, beyond the 10-minute allowed lateness (dead letters);
+  and two arrive 20 minutes late, beyond the 10-minute allowed lateness (scored and
+  stored, in no streaming pane: `late_beyond_lateness`, `sentiment_windows_final`);
 - duplicates: 25 posts are delivered twice;
-- 12 malformed messages covering each dead-letter reason (bad UTF-8, not JSON, a JSON
-  array, missing id or text, blank text, a bad created_at, wrong types, control
-  characters only, an empty line).
+- 16 malformed or hostile messages covering each dead-letter reason (bad UTF-8, not
+  JSON, a JSON array, missing id or text, blank text, a bad created_at, wrong types,
+  control characters only, an empty line, a post dated 2062, the reserved keyword `*`,
+  10,000-deep JSON, a 5,000-digit number).
 
 The file is written in arrival order, which the replay source plays as the stream.
 """
@@ -62,6 +64,11 @@ def malformed_messages(at: dt.datetime) -> list[bytes]:
         json.dumps({"id": "controls-only", "text": "\u200b\u200b\x07", "created_at": t}).encode(),
         b"",
         b"null",
+        # Hostile values that once cost valid neighbours their place in the tables.
+        json.dumps({"id": "from-2062", "text": "hello from the future", "created_at": "2062-01-01T00:00:00Z"}).encode(),
+        json.dumps({"id": "star-keyword", "text": "counted twice?", "keyword": "*", "created_at": t}).encode(),
+        b"[" * 10_000 + b"]" * 10_000,
+        b'{"id": "huge-number", "text": "t", "retweets": ' + b"9" * 5000 + b"}",
     ]
 
 

@@ -37,6 +37,48 @@ class RawMessage(NamedTuple):
     attributes: dict
     publish_time: float | None = None  # epoch seconds
     watermark: float | None = None  # the source's watermark at arrival; None = processing time
+    message_id: str | None = None  # Pub/Sub's message id, or "line N" of a replayed file
+
+
+# Event time has a sane range: nothing on X predates its first post (2006-03-21), and a post
+# cannot be written after the clock by more than the job's --max_future_skew.
+MIN_EVENT_TIME = dt.datetime(2006, 3, 21, tzinfo=dt.timezone.utc)
+DEFAULT_MAX_FUTURE_SKEW_S = 300.0
+
+
+def event_time_problem(event_time: float, now: float, max_future_skew_s: float) -> str | None:
+    """Why an event time (epoch seconds) cannot be used, or None when it can.
+
+    The reason starts with "in the future" or "out of range", as a dead letter's reason does.
+    """
+    if not math.isfinite(event_time) or event_time < MIN_EVENT_TIME.timestamp():
+        return f"out of range: event time is before {MIN_EVENT_TIME:%Y-%m-%d}, when X began"
+    if event_time > now + max_future_skew_s:
+        # No clock reading in the reason: a rerun must give the same dead letter (views dedupe on it).
+        return (f"in the future: event time is more than {max_future_skew_s:g} s ahead of the clock "
+                "(--max_future_skew)")
+    return None
+
+
+def repair_text(value: str) -> str:
+    """A str that may hold lone UTF-16 surrogates (a JSON "\\ud83d" escape) -> valid Unicode scalar values.
+
+    Paired surrogates are joined into their character; a lone one becomes U+FFFD.
+    """
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def is_valid_text(value: str) -> bool:
+    """True when `value` is made of Unicode scalar values only (no lone surrogates)."""
+    try:
+        value.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def parse_rfc3339(value) -> dt.datetime:
@@ -49,13 +91,19 @@ def parse_rfc3339(value) -> dt.datetime:
     text = value.strip()
     if text[-1:] in ("Z", "z"):
         text = text[:-1] + "+00:00"
+    shown = ascii(value[:64])  # a reason must be writable and readable whatever the value holds
+    if len(text) > 64:
+        raise ValueError(f"created_at {shown}... is too long for an RFC 3339 timestamp")
     try:
         parsed = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"created_at {value!r} is not an RFC 3339 timestamp") from None
+        raise ValueError(f"created_at {shown} is not an RFC 3339 timestamp") from None
     if parsed.tzinfo is None:
-        raise ValueError(f"created_at {value!r} has no time zone offset (RFC 3339 requires one)")
-    return parsed.astimezone(UTC)
+        raise ValueError(f"created_at {shown} has no time zone offset (RFC 3339 requires one)")
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"out of range: created_at {shown} lies outside the years 1 to 9999 in UTC") from None
 
 
 class Field(NamedTuple):
@@ -81,6 +129,8 @@ SCORED_POSTS = (
     Field("oov_count", "INT64"),
     Field("model_version", "STRING", "REQUIRED"),
     Field("processed_at", "TIMESTAMP", "REQUIRED"),
+    Field("beyond_lateness", "BOOL", "NULLABLE",
+          "arrived after its window's allowed lateness: in no streaming pane, in sentiment_windows_final"),
 )
 
 SENTIMENT_WINDOWS = (
@@ -117,11 +167,13 @@ ALERTS = (
 REVIEW_QUEUE = SCORED_POSTS  # low-confidence posts, same shape as scored_posts
 
 DEAD_LETTERS = (
-    Field("stage", "STRING", "REQUIRED", "read|parse|clean|score|write"),
+    Field("stage", "STRING", "REQUIRED", "parse|window|clean|score|write"),
     Field("reason", "STRING", "REQUIRED"),
     Field("payload", "BYTES", "NULLABLE", "the message exactly as received"),
     Field("attributes", "STRING", "NULLABLE", "JSON object of the message attributes"),
     Field("received_at", "TIMESTAMP", "REQUIRED"),
+    Field("message_id", "STRING", "NULLABLE",
+          "Pub/Sub message id, or 'line N' of a replayed file: two identical bad messages are two rows"),
 )
 
 TABLES = {

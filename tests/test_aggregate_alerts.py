@@ -84,3 +84,39 @@ def test_volume_spike_uses_poisson_floor_and_counts_empty_windows():
 def test_no_alert_without_enough_posts_or_history():
     assert evaluate(WindowFigures(600.0, 660.0, 5, 5), history([(0.1, 20)] * 10), AlertSpec()) == []
     assert evaluate(WindowFigures(240.0, 300.0, 50, 50), history([(0.1, 20)] * 4), AlertSpec()) == []
+
+
+class _State:
+    """A ReadModifyWriteState's read/write, for calling the alert DoFn without a runner."""
+
+    def __init__(self):
+        self.value = None
+
+    def read(self):
+        return self.value
+
+    def write(self, value):
+        self.value = value
+
+
+def _window(start_min, posts, negative, pane=0):
+    start = dt.datetime(2026, 11, 24, 14, start_min, tzinfo=UTC)
+    return {"window_start": start, "window_end": start + dt.timedelta(minutes=1), "keyword": "acme",
+            "lang": "*", "posts": posts, "negative": negative, "pane_index": pane, "_sample_post_ids": ["p1"]}
+
+
+def test_a_window_alerts_once_per_kind_whatever_its_panes():
+    from transforms.alerts import _DetectSurges
+    fn = _DetectSurges(AlertSpec(baseline_windows=10, min_baseline_windows=5, min_posts=10, zscore=3.0), 600)
+    history, alerted = _State(), _State()
+    alerts = []
+    for minute in range(6):  # a quiet baseline: 4 posts a window, none negative
+        alerts += list(fn.process(("acme", _window(minute, 4, 0)), history, alerted))
+    assert alerts == []
+    for pane, (posts, negative) in enumerate([(20, 15), (30, 25), (40, 35)]):  # every pane crosses
+        alerts += list(fn.process(("acme", _window(6, posts, negative, pane)), history, alerted))
+    assert sorted(a["kind"] for a in alerts) == ["negative_surge", "volume_spike"]
+    assert {a["value"] for a in alerts if a["kind"] == "negative_surge"} == {15 / 20}  # the first pane's
+    # The next window can alert again.
+    more = list(fn.process(("acme", _window(7, 200, 55)), history, alerted))
+    assert [a["kind"] for a in more] == ["volume_spike"]

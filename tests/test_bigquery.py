@@ -46,7 +46,7 @@ def test_table_parameters_partition_on_event_time_and_cluster_by_keyword():
 def test_to_bq_row_json_methods():
     row = cb.to_bq_row("dead_letters", DEAD[0], "STREAMING_INSERTS")
     assert row == {"stage": "parse", "reason": "invalid_json", "payload": base64.b64encode(b"{not json").decode(),
-                   "attributes": "{}", "received_at": "2024-05-01T10:01:00.000000Z"}
+                   "attributes": "{}", "received_at": "2024-05-01T10:01:00.000000Z", "message_id": None}
     assert cb.to_bq_row("alerts", ALERT, "FILE_LOADS")["sample_post_ids"] == ["p1", "p2"]
     assert cb.to_bq_row("alerts", dict(ALERT, sample_post_ids=None), "FILE_LOADS")["sample_post_ids"] == []
     other_tz = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone(dt.timedelta(hours=2)))

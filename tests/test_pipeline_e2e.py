@@ -38,7 +38,26 @@ def messy_lines():
                              "keyword": "acme", "lang": "en"}))  # beyond allowed lateness
     lines += ['{"id": "x", "text": ', "[1, 2]", json.dumps({"id": "no-text"}), "",
               json.dumps({"id": "bad-time", "text": "t", "created_at": "noon"})]
+    lines += HOSTILE_PARSE + HOSTILE_WINDOW
+    lines.insert(40, HALF_EMOJI)  # valid once repaired: scored
     return [line.encode() if isinstance(line, str) else line for line in lines] + [b"\xff\xfe not utf-8"]
+
+
+# The hostile messages of the issue that found them (named regression cases).
+HALF_EMOJI = '{"id": "half-emoji", "text": "hi \\ud83d", "created_at": "%s", "keyword": "acme"}' % iso(150)
+HOSTILE_PARSE = [
+    "[" * 10_000 + "]" * 10_000,  # 10,000-deep JSON
+    '{"id": "big", "text": "t", "retweets": %s, "created_at": "%s"}' % ("9" * 5000, iso(20)),
+    '{"id": "kw-surrogate", "text": "t", "keyword": "\\udc00", "created_at": "%s"}' % iso(20),
+    json.dumps({"id": "star-kw", "text": "t", "keyword": "*", "created_at": iso(20)}),
+    json.dumps({"id": "star-lang", "text": "t", "lang": " * ", "created_at": iso(20)}),
+]
+HOSTILE_WINDOW = [
+    json.dumps({"id": "year-1", "text": "t", "created_at": "0001-01-01T00:00:00+05:30"}),
+    json.dumps({"id": "year-9999", "text": "t", "created_at": "9999-12-31T23:59:59-05:00"}),
+    json.dumps({"id": "end-of-time", "text": "t", "created_at": "9999-12-31T23:59:59Z"}),
+    json.dumps({"id": "2062", "text": "from the future", "created_at": "2062-01-01T00:00:00Z"}),
+]
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +86,11 @@ def test_every_input_line_is_accounted_for(job):
     assert ok, line
     assert counters["read"] == len(lines)
     assert counters["duplicates"] == 7
-    assert counters["dropped_late"] == 1
+    assert counters["late_beyond_lateness"] == 1
     scored = sql(out, "SELECT count(*), count(DISTINCT post_id) FROM scored_posts")[0]
     dead = sql(out, "SELECT stage, count(*) FROM dead_letters GROUP BY stage ORDER BY stage")
-    assert scored == (counters["scored"], counters["scored"]) == (76, 76)
-    assert dict(dead) == {"parse": 6, "window": 1}
+    assert scored == (counters["scored"], counters["scored"]) == (78, 78)
+    assert dict(dead) == {"parse": 6 + len(HOSTILE_PARSE), "window": len(HOSTILE_WINDOW)}
     assert scored[0] + counters["duplicates"] + sum(n for _, n in dead) == len(lines)
 
 
@@ -79,8 +98,27 @@ def test_dead_letters_keep_the_payload_byte_for_byte(job):
     _, lines, out = job
     payloads = {p for (p,) in sql(out, "SELECT payload FROM dead_letters")}
     assert b"\xff\xfe not utf-8" in payloads and b"" in payloads and b"[1, 2]" in payloads
+    assert {line.encode() for line in HOSTILE_PARSE + HOSTILE_WINDOW} <= payloads
     reasons = dict(sql(out, "SELECT payload, reason FROM dead_letters WHERE stage = 'window'"))
-    assert next(iter(reasons.values())).startswith("too late")
+    assert reasons[HOSTILE_WINDOW[-1].encode()].startswith("in the future")
+    assert reasons[HOSTILE_WINDOW[-2].encode()].startswith("in the future")
+    assert reasons[HOSTILE_WINDOW[0].encode()].startswith("out of range")
+    assert reasons[HOSTILE_WINDOW[1].encode()].startswith("out of range")
+
+
+def test_a_post_past_the_allowed_lateness_is_scored_and_stored_in_no_pane(job):
+    _, _, out = job
+    row = sql(out, "SELECT beyond_lateness, label IS NOT NULL FROM scored_posts WHERE post_id = 'far-past'")
+    assert row == [(True, True)]
+    assert sql(out, "SELECT count(*) FROM scored_posts WHERE beyond_lateness")[0][0] == 1
+    # Its window (14:40 the day before... -20 min) has no streaming pane at all.
+    assert sql(out, """SELECT count(*) FROM sentiment_windows
+                       WHERE window_start = TIMESTAMPTZ '2026-11-24 13:40:00+00'""")[0][0] == 0
+
+
+def test_a_half_emoji_is_repaired_and_scored(job):
+    _, _, out = job
+    assert sql(out, "SELECT text FROM scored_posts WHERE post_id = 'half-emoji'") == [("hi \ufffd",)]
 
 
 def test_every_window_equals_sql_over_scored_posts(job):
@@ -92,7 +130,8 @@ def test_every_window_equals_sql_over_scored_posts(job):
         QUALIFY row_number() OVER (PARTITION BY window_start, keyword, lang ORDER BY pane_index DESC) = 1
         ORDER BY ALL""")
     expected = sql(out, """
-        WITH p AS (SELECT time_bucket(INTERVAL 60 SECOND, created_at) AS window_start, * FROM scored_posts),
+        WITH p AS (SELECT time_bucket(INTERVAL 60 SECOND, created_at) AS window_start, * FROM scored_posts
+                   WHERE NOT coalesce(beyond_lateness, false)),
         keyed AS (
           SELECT window_start, keyword, lang, * EXCLUDE (window_start, keyword, lang) FROM p
           UNION ALL SELECT window_start, keyword, '*', * EXCLUDE (window_start, keyword, lang) FROM p
@@ -126,3 +165,34 @@ def test_review_queue_holds_exactly_the_low_confidence_posts(job):
     review = sql(out, "SELECT post_id FROM review_queue ORDER BY 1")
     low = sql(out, "SELECT post_id FROM scored_posts WHERE confidence < 0.6 ORDER BY 1")
     assert review == low
+
+
+def test_scored_rows_are_the_models_own_probabilities(job, tiny_bundled_model):
+    """Pins the Score step: label, score, confidence and token counts against the SavedModel itself.
+
+    A Score step that flipped the sign of score, inverted confidence, labelled every post
+    neutral or zeroed oov_count would fail here (the other tests compare tables with each other).
+    """
+    import tensorflow as tf
+
+    from models.contracts import ModelSpec
+    _, _, out = job
+    rows = sql(out, """SELECT clean_text, label, score, confidence, token_count, oov_count, model_version
+                       FROM scored_posts ORDER BY post_id""")
+    texts = sorted({r[0] for r in rows})
+    outputs = tf.saved_model.load(tiny_bundled_model).signatures["serving_default"](text=tf.constant(texts))
+    probabilities = dict(zip(texts, outputs["probabilities"].numpy().tolist()))
+    tokens = dict(zip(texts, outputs["token_count"].numpy().tolist()))
+    oov = dict(zip(texts, outputs["oov_count"].numpy().tolist()))
+    spec = ModelSpec.load(tiny_bundled_model)
+    labels = spec.labels
+    for clean, label, score, confidence, token_count, oov_count, version in rows:
+        p = probabilities[clean]
+        best = max(range(len(p)), key=p.__getitem__)
+        assert label == labels[best], clean
+        assert confidence == pytest.approx(max(p) / sum(p), abs=1e-5)
+        assert score == pytest.approx(sum(pi * s for pi, s in zip(p, spec.class_scores)) / sum(p), abs=1e-5)
+        assert (token_count, oov_count, version) == (tokens[clean], oov[clean], spec.version)
+    # The posts are not all alike: the pins above are not vacuous.
+    assert {r[1] for r in rows} >= {"negative", "positive"}
+    assert any(r[5] > 0 for r in rows) and any(r[3] < 0.9 for r in rows)

@@ -5,6 +5,7 @@ replaced by a pure rule (text "bad ..." is negative, "good ..." positive) so the
 expected figures are exact.
 """
 import datetime as dt
+import math
 
 import apache_beam as beam
 import pytest
@@ -20,11 +21,13 @@ from transforms.records import Post
 from transforms.windowing import WindowPosts, WindowSpec, is_too_late
 
 UTC = dt.timezone.utc
-T0 = 1_800_000_000  # a minute boundary (divisible by 60)
+T0 = 1_764_000_000  # 2025-11-24 16:00 UTC, a minute boundary in the past (future posts are dead letters)
 
 
 def post(pid, seconds, text, watermark, keyword="acme", lang="en"):
     created = dt.datetime.fromtimestamp(T0 + seconds, tz=UTC)
+    # None: before the source's first watermark (a recorded stream), so nothing is late yet.
+    watermark = -math.inf if watermark is None else watermark
     return TimestampedValue(Post(pid, text, created, lang, keyword, None, watermark, pid.encode(), {}),
                             T0 + seconds)
 
@@ -33,18 +36,19 @@ def fake_score(p: Post) -> dict:
     label = "negative" if p.text.startswith("bad") else "positive"
     return {"post_id": p.post_id, "keyword": p.keyword, "lang": p.lang, "created_at": p.created_at,
             "label": label, "score": -0.5 if label == "negative" else 0.5, "confidence": 0.9,
-            "token_count": 2, "oov_count": 1, "model_version": "rule"}
+            "token_count": 2, "oov_count": 1, "model_version": "rule", "beyond_lateness": p.beyond_lateness}
 
 
-def run_windows(stream, spec=WindowSpec(size_s=60, allowed_lateness_s=120, early_firing_s=None)):
+def run_windows(stream, spec=WindowSpec(size_s=60, allowed_lateness_s=120, early_firing_s=None), with_scored=False):
     direct_runner_metrics.install()
     options = PipelineOptions()
     options.view_as(StandardOptions).streaming = True
     p = TestPipeline(runner="BundleBasedDirectRunner", options=options)
     windowed = p | "Stream" >> stream | "WindowPosts" >> WindowPosts(spec)
-    rows = (windowed["posts"]
-            | "Score" >> beam.Map(fake_score)
-            | "Aggregate" >> WindowedSentiment(spec.aggregate_windows(), 0.5))
+    scored = windowed["posts"] | "Score" >> beam.Map(fake_score)
+    rows = scored | "Aggregate" >> WindowedSentiment(spec.aggregate_windows(), 0.5)
+    if with_scored:
+        return p, rows, windowed["dead_letters"], scored
     return p, rows, windowed["dead_letters"]
 
 
@@ -80,23 +84,43 @@ def test_late_post_within_allowed_lateness_gives_a_corrected_late_pane():
     p.run()
 
 
-def test_post_later_than_allowed_lateness_is_a_dead_letter_and_counted():
+def test_post_later_than_allowed_lateness_is_scored_in_no_pane_and_counted():
     stream = (TestStream()
               .add_elements([post("a", 10, "good", None)])
               .advance_watermark_to(T0 + 600)  # window [0,60) expired at 60 + 120 s
               # "ok" is 10 s behind the watermark: late, but inside its window's allowed lateness.
               .add_elements([post("too-late", 15, "bad", T0 + 600), post("ok", 590, "bad", T0 + 600)])
               .advance_watermark_to_infinity())
-    p, rows, dead = run_windows(stream)
+    p, rows, dead, scored = run_windows(stream, with_scored=True)
     mine = rows | beam.Filter(lambda r: r["lang"] == "*" and r["keyword"] == "acme") | beam.Map(summary)
     assert_that(mine, equal_to([(0, "acme", "*", "ON_TIME", 1, 0, 1), (540, "acme", "*", "LATE", 1, 1, 0)]),
-                label="TooLatePostNotCounted")
-    assert_that(dead | beam.Map(lambda d: (d["stage"], d["payload"], d["reason"].split(":")[0])),
-                equal_to([("window", b"too-late", "too late")]), label="DeadLetterWithReason")
+                label="TooLatePostInNoPane")
+    assert_that(scored | beam.Map(lambda r: (r["post_id"], r["beyond_lateness"], r["created_at"].timestamp() - T0)),
+                equal_to([("a", False, 10), ("too-late", True, 15), ("ok", False, 590)]),
+                label="EveryPostScoredWithItsOwnEventTime")
+    assert_that(dead, equal_to([]), label="NoDeadLetter")
     result = p.run()
     from apache_beam.metrics.metric import MetricsFilter
-    counters = result.metrics().query(MetricsFilter().with_name("dropped_late"))["counters"]
+    counters = result.metrics().query(MetricsFilter().with_name("late_beyond_lateness"))["counters"]
     assert sum(c.committed for c in counters) == 1
+
+
+def test_future_and_out_of_range_posts_are_dead_letters_and_move_nothing():
+    future = dt.datetime.now(tz=UTC) + dt.timedelta(days=365 * 36)
+    stream = (TestStream()
+              .add_elements([post("a", 10, "good", None),
+                             TimestampedValue(Post("future", "bad", future, "en", "acme", None, -math.inf, b"future", {}),
+                                              T0 + 20),
+                             TimestampedValue(Post("ancient", "bad", dt.datetime(1999, 1, 1, tzinfo=UTC), "en",
+                                                   "acme", None, -math.inf, b"ancient", {}), T0 + 20)])
+              .advance_watermark_to_infinity())
+    p, rows, dead = run_windows(stream)
+    mine = rows | beam.Filter(lambda r: r["lang"] == "*" and r["keyword"] == "acme") | beam.Map(summary)
+    assert_that(mine, equal_to([(0, "acme", "*", "ON_TIME", 1, 0, 1)]), label="OnlyTheValidPost")
+    assert_that(dead | beam.Map(lambda d: (d["stage"], d["payload"], d["reason"].split(":")[0])),
+                equal_to([("window", b"future", "in the future"), ("window", b"ancient", "out of range")]),
+                label="DeadLettersWithReasons")
+    p.run()
 
 
 def test_early_panes_fire_on_processing_time_and_accumulate():

@@ -50,7 +50,10 @@ class Stats:
 
 
 def keys_of(row: dict) -> list[tuple[tuple[str, str], dict]]:
-    """A scored post -> the four (keyword, lang) keys it counts under."""
+    """A scored post -> the four (keyword, lang) keys it counts under (none if it arrived
+    past its window's allowed lateness: no streaming pane can take it, see transforms/windowing.py)."""
+    if row.get("beyond_lateness"):
+        return []
     kw, lang = row["keyword"], row["lang"]
     return [((kw, lang), row), ((kw, ALL), row), ((ALL, lang), row), ((ALL, ALL), row)]
 
@@ -170,6 +173,7 @@ class WindowedSentiment(beam.PTransform):
     def expand(self, scored):
         if self.rewindow is not None:
             scored = (scored
+                      | "LeaveOutBeyondLateness" >> beam.Filter(lambda row: not row.get("beyond_lateness"))
                       | "StampEventTime" >> beam.Map(
                           lambda row: TimestampedValue(row, row["created_at"].timestamp()))
                       | "SlidingWindows" >> self.rewindow)

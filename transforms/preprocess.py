@@ -13,7 +13,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from models.textnorm import normalize
-from transforms.parse import NAMESPACE
+from transforms.parse import NAMESPACE, describe_error
 from transforms.records import CleanPost, Post, dead_letter
 
 
@@ -26,11 +26,19 @@ class _CleanDoFn(beam.DoFn):
         self.dead = Metrics.counter(NAMESPACE, "dead_letter_clean")
 
     def process(self, post: Post):
-        cleaned = clean_text(post.text)
+        try:
+            cleaned = clean_text(post.text)
+        except Exception as e:  # noqa: BLE001  (one post's text never stops the others)
+            self.dead.inc()
+            yield beam.pvalue.TaggedOutput("dead_letters", dead_letter(
+                "clean", f"normalisation failed: {describe_error(e)}", post.raw, post.attributes,
+                message_id=post.message_id))
+            return
         if not cleaned:
             self.dead.inc()
             yield beam.pvalue.TaggedOutput("dead_letters", dead_letter(
-                "clean", "text is empty after normalisation", post.raw, post.attributes))
+                "clean", "text is empty after normalisation", post.raw, post.attributes,
+                message_id=post.message_id))
             return
         yield CleanPost(post, cleaned)
 

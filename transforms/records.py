@@ -14,7 +14,9 @@ import datetime as dt
 import json
 from typing import NamedTuple
 
-from models.contracts import UTC, RawMessage  # noqa: F401  (re-exported for transforms)
+from models.contracts import UTC, RawMessage, repair_text  # noqa: F401  (re-exported for transforms)
+
+MAX_REASON_CHARS = 1000
 
 
 
@@ -28,6 +30,8 @@ class Post(NamedTuple):
     watermark: float | None = None  # the source's watermark when the post arrived (epoch seconds)
     raw: bytes = b""  # the message as received, so a later dead letter is lossless too
     attributes: dict | None = None
+    beyond_lateness: bool = False  # arrived after its window closed: scored and stored, in no pane
+    message_id: str | None = None  # the message it came in (RawMessage.message_id)
 
 
 class CleanPost(NamedTuple):
@@ -43,13 +47,27 @@ def now_utc() -> dt.datetime:
     return dt.datetime.now(tz=UTC)
 
 
+def safe_reason(reason) -> str:
+    """A reason any sink can store: one line, valid Unicode, at most MAX_REASON_CHARS characters."""
+    text = " ".join(repair_text(str(reason)).split())
+    return text if len(text) <= MAX_REASON_CHARS else text[:MAX_REASON_CHARS - 1] + "…"
+
+
 def dead_letter(stage: str, reason: str, payload: bytes | None, attributes: dict | None,
-                received_at: dt.datetime | None = None) -> dict:
-    """A DeadLetter row. `payload` is kept byte for byte; attributes become a JSON object."""
+                received_at: dt.datetime | None = None, message_id: str | None = None) -> dict:
+    """A DeadLetter row. `payload` is kept byte for byte; attributes become a JSON object.
+
+    The reason and attributes are made storable here (valid Unicode, bounded), so a dead
+    letter can always be written whatever the message held.
+    """
+    attrs = {repair_text(str(k)): repair_text(str(v)) for k, v in (attributes or {}).items()}
+    if payload is not None and not isinstance(payload, bytes):
+        payload = bytes(payload) if isinstance(payload, bytearray) else repr(payload).encode("utf-8", "backslashreplace")
     return {
         "stage": stage,
-        "reason": reason,
+        "reason": safe_reason(reason),
         "payload": payload,
-        "attributes": json.dumps(attributes or {}, sort_keys=True, ensure_ascii=False),
+        "attributes": json.dumps(attrs, sort_keys=True, ensure_ascii=False),
         "received_at": received_at or now_utc(),
+        "message_id": None if message_id is None else repair_text(str(message_id))[:256],
     }

@@ -1,7 +1,8 @@
-"""WindowPosts: event-time windows right after parsing, and the lateness gate.
+"""WindowPosts: event time checked and stamped, event-time windows, and the lateness gate.
 
-    Post (timestamped) -> Post in a fixed event-time window   (main output)
-                       -> DeadLetter row, stage "window"       (posts later than allowed lateness)
+    Post -> Post in a fixed event-time window                     (main output)
+         -> DeadLetter row, stage "window"  (event time before 2006-03-21, or more than
+            --max_future_skew ahead of the clock: "out of range" / "in the future")
 
 Why these windows and triggers: analysts want a complaint surge minutes after it
 starts, so every window fires early (every `early_firing_s` of processing time), on
@@ -9,14 +10,19 @@ time when the watermark passes its end, and once more per late post for
 `allowed_lateness_s` after that. Panes ACCUMULATE: each pane restates the whole window,
 so the latest pane is the answer (`sentiment_windows_latest`).
 
-Beam drops a post whose window has expired (window end + allowed lateness behind the
-watermark) without a trace. The gate here removes such posts first and dead-letters
-them with a reason, so "read = scored + duplicates + dead letters" always holds and
-every window matches SQL over scored_posts. The gate compares with the source's
-watermark when the post arrived (the replay source records it; for Pub/Sub the
-processing time stands in, as Beam's DirectRunner uses it as the Pub/Sub watermark).
-Because a step's input watermark never runs ahead of its source's, a post that passes
-the gate is never dropped by the aggregation downstream.
+A future-dated post never becomes an element timestamp, so it cannot move a watermark,
+hold a window open or reset a keyword's alert history.
+
+Late posts are valid posts. Beam drops a post whose window has expired (window end +
+allowed lateness behind the watermark) without a trace, so the gate here finds such a
+post first, counts it (`late_beyond_lateness`), flags it `beyond_lateness` and stamps it
+at the source's watermark when it arrived: it is scored and stored in scored_posts
+like any post, and Aggregate leaves it out of the streaming panes. Its window's final
+figures are the view `sentiment_windows_final` (SQL over scored_posts). The gate
+compares with the source's watermark when the post arrived (the replay source records
+it; for Pub/Sub the processing time stands in, as Beam's DirectRunner uses it as the
+Pub/Sub watermark). Because a step's input watermark never runs ahead of its source's,
+a post that passes the gate is never dropped by the aggregation downstream.
 
 Sliding windows (`period_s`) are applied at aggregation only: each post is scored and
 written once, in the fixed window of size `period_s` that contains it.
@@ -24,13 +30,16 @@ written once, in the fixed window of size `period_s` that contains it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, window
-from apache_beam.utils.timestamp import Duration, Timestamp
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Duration
 
+from models.contracts import DEFAULT_MAX_FUTURE_SKEW_S, event_time_problem
 from transforms.parse import NAMESPACE
 from transforms.records import Post, dead_letter
 
@@ -86,35 +95,60 @@ def is_too_late(window_max_timestamp: float, allowed_lateness_s: float, watermar
     return window_max_timestamp + allowed_lateness_s < watermark
 
 
-class _LatenessGate(beam.DoFn):
-    def __init__(self, allowed_lateness_s: int):
-        self.allowed_lateness_s = allowed_lateness_s
-        self.too_late = Metrics.counter(NAMESPACE, "dropped_late")
+def fixed_window_max_timestamp(event_time: float, size_s: float) -> float:
+    """The last instant (epoch seconds) of the fixed window of `size_s` that holds `event_time`."""
+    start = math.floor(event_time / size_s) * size_s
+    return start + size_s - 1e-6
 
-    def process(self, post: Post, win=beam.DoFn.WindowParam):
-        watermark = post.watermark if post.watermark is not None else time.time()
-        end = float(win.max_timestamp()) if isinstance(win, window.BoundedWindow) else float("inf")
-        if is_too_late(end, self.allowed_lateness_s, watermark):
-            self.too_late.inc()
+
+class _EventTimeGate(beam.DoFn):
+    """Checks a post's event time, then stamps it as the element's timestamp.
+
+    Out of range or in the future: a dead letter (stage "window"). Past its window's
+    allowed lateness: stamped at the source's watermark instead, flagged `beyond_lateness`,
+    so it is scored and stored but changes no streaming pane (Beam would drop it).
+    """
+
+    def __init__(self, spec: WindowSpec, max_future_skew_s: float, clock=time.time):
+        self.spec = spec
+        self.max_future_skew_s = max_future_skew_s
+        self.clock = clock
+        self.dead = Metrics.counter(NAMESPACE, "dead_letter_window")
+        self.beyond = Metrics.counter(NAMESPACE, "late_beyond_lateness")
+
+    def process(self, post: Post):
+        now = self.clock()
+        event_time = post.created_at.timestamp()
+        problem = event_time_problem(event_time, now, self.max_future_skew_s)
+        if problem is not None:
+            self.dead.inc()
             yield beam.pvalue.TaggedOutput("dead_letters", dead_letter(
-                "window",
-                f"too late: event time {post.created_at.isoformat()} is in a window that closed "
-                f"(end + {self.allowed_lateness_s} s allowed lateness) before the watermark "
-                f"{Timestamp(watermark).to_rfc3339()}",
-                post.raw, post.attributes))
+                "window", f"{problem}: created_at {post.created_at.isoformat()}", post.raw, post.attributes,
+                message_id=post.message_id))
             return
-        yield post
+        watermark = post.watermark if post.watermark is not None else now
+        end = fixed_window_max_timestamp(event_time, self.spec.post_window_s)
+        if is_too_late(end, self.spec.allowed_lateness_s, watermark):
+            self.beyond.inc()
+            arrival = min(max(watermark, event_time), now + self.max_future_skew_s)
+            yield TimestampedValue(post._replace(beyond_lateness=True), arrival)
+            return
+        yield TimestampedValue(post, event_time)
 
 
 class WindowPosts(beam.PTransform):
-    """Post -> {"posts": windowed Posts, "dead_letters": too-late posts as DeadLetter rows}."""
+    """Post -> {"posts": Posts in event-time windows, "dead_letters": posts whose event time is unusable}.
 
-    def __init__(self, spec: WindowSpec):
+    A post later than the allowed lateness stays a post: see `_EventTimeGate`.
+    """
+
+    def __init__(self, spec: WindowSpec, max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S):
         super().__init__()
         self.spec = spec
+        self.max_future_skew_s = max_future_skew_s
 
     def expand(self, posts):
-        windowed = posts | "WindowByEventTime" >> self.spec.post_windows()
-        gated = windowed | "DropTooLateWithReason" >> beam.ParDo(
-            _LatenessGate(self.spec.allowed_lateness_s)).with_outputs("dead_letters", main="posts")
-        return {"posts": gated.posts, "dead_letters": gated.dead_letters}
+        gated = posts | "CheckAndStampEventTime" >> beam.ParDo(
+            _EventTimeGate(self.spec, self.max_future_skew_s)).with_outputs("dead_letters", main="posts")
+        windowed = gated.posts | "WindowByEventTime" >> self.spec.post_windows()
+        return {"posts": windowed, "dead_letters": gated.dead_letters}
