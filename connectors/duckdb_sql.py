@@ -3,8 +3,10 @@
 `connect(output_dir)` opens an in-memory DuckDB (TimeZone UTC) with one view per table
 in models/contracts.TABLES over `<output_dir>/<table>/**/*.parquet`, typed from the
 contracts (an empty view of the right type when a table has no files yet), then the
-derived views of sql/views.sql (`sentiment_windows_latest`, ...). The file list is
-taken when connecting (leaving out Beam's staging files); connect again to see newer files.
+derived views of sql/views.sql (`scored_posts_unique`, `sentiment_windows_latest`,
+`sentiment_windows_final`, ...) for the job's settings (`sqlfiles.ViewSettings`: window
+size and period, review threshold). The file list is taken when connecting (leaving out
+Beam's staging files); connect again to see newer files.
 
     .venv/bin/python -m connectors.duckdb_sql out "SELECT keyword, COUNT(*) FROM scored_posts GROUP BY 1"
 """
@@ -72,8 +74,10 @@ def table_view_sql(output_dir: str, table: str) -> str:
             f"SELECT * FROM read_parquet([{listing}], union_by_name = true))")
 
 
-def connect(output_dir: str, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the five tables and the derived views.
+def connect(output_dir: str, database: str = ":memory:",
+            settings: sqlfiles.ViewSettings | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the five tables and the derived views (for a job
+    run with `settings`; default: the job's defaults).
 
     Raises OutputNotFound when `output_dir` is not a directory.
     """
@@ -85,18 +89,18 @@ def connect(output_dir: str, database: str = ":memory:") -> duckdb.DuckDBPyConne
         con.execute(statement)
     for table in TABLES:
         con.execute(table_view_sql(output_dir, table))
-    for statement in sqlfiles.view_statements("duckdb"):
+    for statement in sqlfiles.view_statements("duckdb", settings=settings):
         con.execute(statement)
     return con
 
 
-def query(output_dir: str, sql: str, params: Mapping[str, Any] | Sequence[Any] | None = None
-          ) -> tuple[list[str], list[tuple]]:
+def query(output_dir: str, sql: str, params: Mapping[str, Any] | Sequence[Any] | None = None,
+          settings: sqlfiles.ViewSettings | None = None) -> tuple[list[str], list[tuple]]:
     """Run one SQL statement over the output -> (column names, rows).
 
     DuckDB errors (bad SQL) propagate as duckdb.Error.
     """
-    con = connect(output_dir)
+    con = connect(output_dir, settings=settings)
     try:
         cursor = con.execute(sql, params) if params else con.execute(sql)
         if cursor.description is None:
@@ -106,11 +110,11 @@ def query(output_dir: str, sql: str, params: Mapping[str, Any] | Sequence[Any] |
         con.close()
 
 
-def run_query(output_dir: str, name: str, params: Mapping[str, Any] | None = None
-              ) -> tuple[list[str], list[tuple]]:
+def run_query(output_dir: str, name: str, params: Mapping[str, Any] | None = None,
+              settings: sqlfiles.ViewSettings | None = None) -> tuple[list[str], list[tuple]]:
     """Run a named query of sql/queries/ with parameter values -> (columns, rows)."""
     q = sqlfiles.load_query(name)
-    return query(output_dir, q.render("duckdb"), q.bind(params))
+    return query(output_dir, q.render("duckdb"), q.bind(params), settings)
 
 
 def _quote(path: str) -> str:

@@ -7,8 +7,15 @@ makes it run on DuckDB as well; it changes exactly two things:
   `main` schema locally;
 * `@name` query parameters become `$name` on DuckDB.
 
-BigQuery functions DuckDB lacks (SAFE_DIVIDE, DIV, UNIX_SECONDS, TIMESTAMP_SECONDS) are
-defined as DuckDB macros in `sql/duckdb_compat.sql`, so the query text needs no other change.
+BigQuery functions DuckDB lacks (SAFE_DIVIDE, DIV, UNIX_SECONDS, TIMESTAMP_SECONDS,
+GENERATE_ARRAY) are defined as DuckDB macros in `sql/duckdb_compat.sql`, so the query text
+needs no other change.
+
+The views (sql/views.sql) also depend on settings of the job that wrote the tables: the
+window size and period and the review threshold (`sentiment_windows_final` recomputes each
+window from `scored_posts`). They appear as `${window_seconds}`, `${window_period_seconds}`
+and `${review_threshold}` and are filled in, for both dialects, from `ViewSettings` (the
+job's defaults unless told otherwise) when the views are created.
 
 A query file starts with `--` comment lines: a description, then one line per parameter,
 `-- @param NAME TYPE [= DEFAULT] [: help]` (TYPE a BigQuery type; DEFAULT NULL means optional).
@@ -33,6 +40,7 @@ _PARAM_LINE = re.compile(
 # `@name` outside string literals; BigQuery's `@@system_variables` are left alone.
 _PARAM_REF = re.compile(r"(?<![@\w])@(\w+)")
 _DATASET_REF = "${dataset}"
+_VARIABLE_REF = re.compile(r"\$\{(\w+)\}")
 _MISSING = object()
 
 
@@ -81,24 +89,69 @@ class Query:
         return bound
 
 
+@dataclasses.dataclass(frozen=True)
+class ViewSettings:
+    """The settings of the job behind the tables that the views need (`pulse run`'s flags of
+    the same names and defaults): window length, sliding period (None: fixed windows) and the
+    confidence under which a post counts as low_confidence."""
+
+    window_size: int = 60
+    window_period: int | None = None
+    review_threshold: float = 0.5
+
+    def __post_init__(self):
+        size, period = self.window_size, self.window_period
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise SqlError(f"window size must be a positive whole number of seconds, got {size!r}")
+        if period is not None and (isinstance(period, bool) or not isinstance(period, int)
+                                   or not 0 < period <= size or size % period):
+            raise SqlError(f"window period must be a whole number of seconds that divides the window size "
+                           f"{size}, got {period!r}")
+        threshold = self.review_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+            raise SqlError(f"review threshold must lie in [0, 1], got {threshold!r}")
+
+    def variables(self) -> dict[str, str]:
+        """`${name}` -> SQL literal, the same text for BigQuery and DuckDB."""
+        # A float literal with an exponent is FLOAT64 on BigQuery and DOUBLE on DuckDB (which
+        # reads 0.6 as a DECIMAL); repr() round-trips the value exactly.
+        threshold = repr(float(self.review_threshold))
+        return {
+            "window_seconds": str(self.window_size),
+            "window_period_seconds": str(self.window_period or self.window_size),
+            "review_threshold": threshold if "e" in threshold else threshold + "e0",
+        }
+
+
 def sql_root():
     """The installed `sql/` folder (a Traversable)."""
     return importlib.resources.files("sql")
 
 
-def render(text: str, dialect: str, dataset: str | None = None) -> str:
+def render(text: str, dialect: str, dataset: str | None = None,
+           variables: Mapping[str, str] | None = None) -> str:
     """The one dialect switch: BigQuery SQL from `sql/` -> SQL for `dialect`.
 
     `dataset` is `project:dataset`, `project.dataset` or `dataset` (BigQuery only; the
-    job's default project is used when the project is left out).
+    job's default project is used when the project is left out). `variables` fill in the
+    other `${name}`s (SQL literals, e.g. ViewSettings.variables()); one left unfilled is an
+    SqlError.
     """
     if dialect == "duckdb":
-        return _PARAM_REF.sub(r"$\1", text.replace(_DATASET_REF, DUCKDB_SCHEMA))
-    if dialect == "bigquery":
+        text = _PARAM_REF.sub(r"$\1", text.replace(_DATASET_REF, DUCKDB_SCHEMA))
+    elif dialect == "bigquery":
         if not dataset:
             raise SqlError("BigQuery SQL needs a dataset (PROJECT:DATASET or DATASET)")
-        return text.replace(_DATASET_REF, quote_dataset(dataset))
-    raise SqlError(f"unknown SQL dialect {dialect!r}; expected one of {', '.join(DIALECTS)}")
+        text = text.replace(_DATASET_REF, quote_dataset(dataset))
+    else:
+        raise SqlError(f"unknown SQL dialect {dialect!r}; expected one of {', '.join(DIALECTS)}")
+    variables = variables or {}
+
+    def fill(match: re.Match) -> str:
+        if match[1] not in variables:
+            raise SqlError(f"the SQL uses ${{{match[1]}}}, which has no value")
+        return str(variables[match[1]])
+    return _VARIABLE_REF.sub(fill, text)
 
 
 def quote_dataset(dataset: str) -> str:
@@ -139,17 +192,20 @@ def load_query(name: str) -> Query:
     return parse_query(name, path.read_text(encoding="utf-8"))
 
 
-def statements(filename: str, dialect: str, dataset: str | None = None) -> list[str]:
+def statements(filename: str, dialect: str, dataset: str | None = None,
+               variables: Mapping[str, str] | None = None) -> list[str]:
     """The `;`-separated statements of `sql/<filename>` rendered for `dialect` (whole-line
     `--` comments dropped first, so they may contain `;`)."""
     source = sql_root().joinpath(filename).read_text(encoding="utf-8")
     code = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith("--"))
-    return [chunk.strip() for chunk in render(code, dialect, dataset).split(";") if chunk.strip()]
+    return [chunk.strip() for chunk in render(code, dialect, dataset, variables).split(";") if chunk.strip()]
 
 
-def view_statements(dialect: str, dataset: str | None = None) -> list[str]:
-    """`CREATE OR REPLACE VIEW` statements of sql/views.sql for `dialect`."""
-    return statements("views.sql", dialect, dataset)
+def view_statements(dialect: str, dataset: str | None = None,
+                    settings: ViewSettings | None = None) -> list[str]:
+    """`CREATE OR REPLACE VIEW` statements of sql/views.sql for `dialect`, for a job run
+    with `settings` (default: the job's defaults)."""
+    return statements("views.sql", dialect, dataset, (settings or ViewSettings()).variables())
 
 
 def view_names() -> list[str]:
@@ -201,12 +257,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", nargs="?", help=f"one of: {', '.join(query_names())}")
     parser.add_argument("--dialect", choices=DIALECTS, default="duckdb")
     parser.add_argument("--dataset", help="PROJECT:DATASET (BigQuery)")
+    parser.add_argument("--window_size", type=int, default=60, help="views: the job's window length (s)")
+    parser.add_argument("--window_period", type=int, default=None, help="views: the job's sliding period (s)")
+    parser.add_argument("--review_threshold", type=float, default=0.5, help="views: the job's review threshold")
     args = parser.parse_args(argv)
     try:
         if args.name:
             print(load_query(args.name).render(args.dialect, args.dataset))
         else:
-            print(";\n\n".join(view_statements(args.dialect, args.dataset)) + ";")
+            settings = ViewSettings(args.window_size, args.window_period, args.review_threshold)
+            print(";\n\n".join(view_statements(args.dialect, args.dataset, settings)) + ";")
     except SqlError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

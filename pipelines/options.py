@@ -43,6 +43,10 @@ class SentimentOptions(PipelineOptions):
         parser.add_argument("--window_period", type=int, default=None,
                             help="sliding windows: start a window every this many seconds")
         parser.add_argument("--allowed_lateness", type=int, default=600, help="seconds")
+        parser.add_argument("--max_future_skew", type=float, default=300.0,
+                            help="seconds a created_at may lie ahead of the clock; later is a dead letter")
+        parser.add_argument("--append", action="store_true", default=False,
+                            help="allow writing into a non-empty output directory (reruns never double figures)")
         parser.add_argument("--early_firing", type=int, default=10,
                             help="early panes every this many seconds of processing time (0 = none)")
         parser.add_argument("--review_threshold", type=float, default=0.5,
@@ -99,6 +103,12 @@ def validate_options(o: SentimentOptions) -> None:
         raise OptionsError(f"--alerts_topic {o.alerts_topic} is not projects/P/topics/T")
     if o.bq_method and output_kind(o.output) != "bigquery":
         raise OptionsError("--bq_method applies only to a BigQuery --output PROJECT:DATASET")
+    if output_kind(o.output) == "parquet":
+        from connectors.parquet import check_output
+        try:
+            check_output(o.output, o.append)
+        except ValueError as e:
+            raise OptionsError(str(e)) from None
     for name in ("min_batch_size", "max_batch_size"):
         value = getattr(o, name)
         if value is not None and value < 1:

@@ -9,6 +9,12 @@
     pulse sql --list
     pulse summary --output out
 
+The tables are read through the views of sql/views.sql, which de-duplicate rows a rerun
+(`pulse run --append`) or a retried write stored twice; `sentiment_windows_final`
+recomputes each window from `scored_posts`, so it needs the job's `--window_size`,
+`--window_period` and `--review_threshold` when the job ran with other than the defaults
+(both commands take them).
+
 User mistakes (a missing output directory, bad SQL, a bad parameter) give one line on
 stderr and exit status 2 (usage) or 1 (the query failed); never a traceback.
 """
@@ -36,11 +42,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _add_job_settings(parser: argparse.ArgumentParser) -> None:
+    defaults = sqlfiles.ViewSettings()
+    parser.add_argument("--window_size", type=int, default=defaults.window_size,
+                        help="the job's --window_size, for sentiment_windows_final (default: %(default)s)")
+    parser.add_argument("--window_period", type=int, default=defaults.window_period,
+                        help="the job's --window_period (sliding windows), if it had one")
+    parser.add_argument("--review_threshold", type=float, default=defaults.review_threshold,
+                        help="the job's --review_threshold, for low_confidence (default: %(default)s)")
+
+
+def _settings(args: argparse.Namespace) -> sqlfiles.ViewSettings:
+    return sqlfiles.ViewSettings(args.window_size, args.window_period, args.review_threshold)
+
+
 def sql_main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     parser = _Parser(prog="pulse sql", description="Run SQL over the job's output (DuckDB).")
     parser.add_argument("query", nargs="?", help="SQL text, or the name of a query in sql/queries/")
     parser.add_argument("--output", default="out", help="the job's output directory (default: out)")
+    _add_job_settings(parser)
     parser.add_argument("--format", choices=FORMATS, default="table")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="a parameter of a named query (repeatable)")
@@ -52,12 +73,13 @@ def sql_main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> in
     if not args.query:
         return _fail("pulse sql: give SQL text or a query name (pulse sql --list shows the names)", 2)
     try:
+        settings = _settings(args)
         if _is_query_name(args.query):
-            columns, rows = duckdb_sql.run_query(args.output, args.query, _param_pairs(args.param))
+            columns, rows = duckdb_sql.run_query(args.output, args.query, _param_pairs(args.param), settings)
         elif args.param:
             return _fail("pulse sql: --param applies to named queries only (pulse sql --list)", 2)
         else:
-            columns, rows = duckdb_sql.query(args.output, args.query)
+            columns, rows = duckdb_sql.query(args.output, args.query, settings=settings)
     except duckdb_sql.OutputNotFound as e:
         return _fail(f"pulse sql: {e}", 2)
     except sqlfiles.SqlError as e:
@@ -72,10 +94,11 @@ def summary_main(argv: Sequence[str] | None = None, out: TextIO | None = None) -
     out = out or sys.stdout
     parser = _Parser(prog="pulse summary", description="Per-keyword summary of the job's output.")
     parser.add_argument("--output", default="out", help="the job's output directory (default: out)")
+    _add_job_settings(parser)
     args = parser.parse_args(argv)
     try:
-        con = duckdb_sql.connect(args.output)
-    except duckdb_sql.OutputNotFound as e:
+        con = duckdb_sql.connect(args.output, settings=_settings(args))
+    except (duckdb_sql.OutputNotFound, sqlfiles.SqlError) as e:
         return _fail(f"pulse summary: {e}", 2)
     try:
         text = summary_text(con, args.output)
@@ -88,7 +111,8 @@ def summary_main(argv: Sequence[str] | None = None, out: TextIO | None = None) -
 
 
 def summary_text(con: duckdb.DuckDBPyConnection, output_dir: str) -> str:
-    """The readable summary: per keyword posts / % negative / alerts, totals, dead letters."""
+    """The readable summary: per keyword posts / % negative / alerts, totals, dead letters
+    (all read through the de-duplicating views)."""
     def run(name):
         q = sqlfiles.load_query(name)
         cur = con.execute(q.render("duckdb"), q.bind()) if q.params else con.execute(q.render("duckdb"))

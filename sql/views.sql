@@ -1,24 +1,128 @@
 -- Derived views over the five tables, created by `connectors/duckdb_sql.connect` locally and
--- by `connectors/bigquery.create_views` in BigQuery. One statement per view, `;`-terminated.
+-- by `connectors/bigquery.ensure_tables` in BigQuery. One statement per view, `;`-terminated.
+-- `${window_seconds}`, `${window_period_seconds}` and `${review_threshold}` are the settings of
+-- the job that wrote the tables (connectors/sqlfiles.ViewSettings; defaults 60, 60, 0.5).
+--
+-- The tables may hold a row more than once: a retried bundle, or a second run into the same
+-- output (`pulse run --append`), writes its rows again with new clock stamps (processed_at,
+-- emitted_at, received_at). The *_unique views keep one row per identity, and every query in
+-- sql/queries/ reads through them, so a rerun never doubles a figure. The identities are the
+-- ones connectors/parquet.py names its files by.
 
--- The last pane of every (window_start, window_end, keyword, lang) window. Panes accumulate
--- (EARLY ... ON_TIME ... LATE), so the highest pane_index holds the window's final figures;
--- emitted_at breaks ties between panes re-emitted after a worker restart.
+-- One row per scored (post_id, keyword): the latest scored.
+CREATE OR REPLACE VIEW ${dataset}.scored_posts_unique AS
+SELECT *
+FROM ${dataset}.scored_posts
+WHERE TRUE
+QUALIFY ROW_NUMBER() OVER (
+  PARTITION BY post_id, keyword
+  ORDER BY processed_at DESC, model_version DESC
+) = 1;
+
+-- One row per (post_id, keyword) queued for review: the latest scored.
+CREATE OR REPLACE VIEW ${dataset}.review_queue_unique AS
+SELECT *
+FROM ${dataset}.review_queue
+WHERE TRUE
+QUALIFY ROW_NUMBER() OVER (
+  PARTITION BY post_id, keyword
+  ORDER BY processed_at DESC, model_version DESC
+) = 1;
+
+-- One row per dead letter (stage, reason, payload, attributes): the first received.
+CREATE OR REPLACE VIEW ${dataset}.dead_letters_unique AS
+SELECT *
+FROM ${dataset}.dead_letters
+WHERE TRUE
+QUALIFY ROW_NUMBER() OVER (
+  PARTITION BY stage, reason, payload, attributes, message_id
+  ORDER BY received_at
+) = 1;
+
+-- The latest streaming pane of every (window_start, window_end, keyword, lang) window. Panes
+-- accumulate (EARLY ... ON_TIME ... LATE), so the last one emitted holds the window's figures;
+-- after a rerun that is the rerun's pane (whose pane_index may be lower: numbering restarts),
+-- and pane_index breaks ties between panes emitted at the same instant.
 CREATE OR REPLACE VIEW ${dataset}.sentiment_windows_latest AS
 SELECT *
 FROM ${dataset}.sentiment_windows
 WHERE TRUE
 QUALIFY ROW_NUMBER() OVER (
   PARTITION BY window_start, window_end, keyword, lang
-  ORDER BY pane_index DESC, emitted_at DESC
+  ORDER BY emitted_at DESC, pane_index DESC
 ) = 1;
 
--- One row per alert: the alert step may re-emit an alert when a late pane updates its window.
-CREATE OR REPLACE VIEW ${dataset}.alerts_latest AS
+-- One row per alert (window_start, keyword, kind): the first emitted, which is when an analyst
+-- heard of it (a window alerts at most once per kind; a rerun emits it again).
+CREATE OR REPLACE VIEW ${dataset}.alerts_unique AS
 SELECT *
 FROM ${dataset}.alerts
 WHERE TRUE
 QUALIFY ROW_NUMBER() OVER (
-  PARTITION BY window_start, window_end, keyword, kind
-  ORDER BY emitted_at DESC
+  PARTITION BY window_start, keyword, kind
+  ORDER BY emitted_at, window_end
 ) = 1;
+
+-- Every window computed exactly from scored_posts: the figures of a SentimentWindow row
+-- (transforms/aggregate.py), '*' rows for all keywords and all languages, plus
+-- posts_beyond_lateness, the posts that arrived after the window's allowed lateness and so
+-- are in no streaming pane. Where that is 0 the window equals its latest streaming pane
+-- (sql/queries/window_consistency.sql lists the windows where it does not). Windows as Beam
+-- assigns them (offset 0): a post belongs to the windows of length ${window_seconds} starting
+-- at its event time rounded down to a multiple of ${window_period_seconds}, and to the earlier
+-- ones that still cover it when windows slide.
+CREATE OR REPLACE VIEW ${dataset}.sentiment_windows_final AS
+WITH posts AS (
+  SELECT
+    UNIX_SECONDS(created_at)
+      - MOD(MOD(UNIX_SECONDS(created_at), ${window_period_seconds}) + ${window_period_seconds},
+            ${window_period_seconds}) AS last_start,
+    keyword,
+    lang,
+    label,
+    score,
+    confidence,
+    token_count,
+    oov_count,
+    model_version,
+    IFNULL(beyond_lateness, FALSE) AS beyond_lateness
+  FROM ${dataset}.scored_posts_unique
+),
+windowed AS (
+  SELECT
+    p.last_start - k * ${window_period_seconds} AS start_seconds,
+    -- Named apart from the output columns so that GROUP BY cannot resolve to a SELECT alias.
+    p.keyword AS post_keyword,
+    p.lang AS post_lang,
+    p.label,
+    p.score,
+    p.confidence,
+    p.token_count,
+    p.oov_count,
+    p.model_version,
+    p.beyond_lateness
+  FROM posts AS p
+  CROSS JOIN UNNEST(GENERATE_ARRAY(0, DIV(${window_seconds}, ${window_period_seconds}) - 1)) AS k
+)
+SELECT
+  TIMESTAMP_SECONDS(start_seconds) AS window_start,
+  TIMESTAMP_SECONDS(start_seconds + ${window_seconds}) AS window_end,
+  IFNULL(post_keyword, '*') AS keyword,
+  IFNULL(post_lang, '*') AS lang,
+  COUNT(*) AS posts,
+  CAST(COUNTIF(label = 'positive') AS INT64) AS positive,
+  CAST(COUNTIF(label = 'neutral') AS INT64) AS neutral,
+  CAST(COUNTIF(label = 'negative') AS INT64) AS negative,
+  AVG(score) AS mean_score,
+  AVG(confidence) AS mean_confidence,
+  CAST(COUNTIF(confidence < ${review_threshold}) AS INT64) AS low_confidence,
+  SAFE_DIVIDE(SUM(IFNULL(oov_count, 0)), SUM(IFNULL(token_count, 0))) AS oov_rate,
+  STRING_AGG(DISTINCT model_version, ',' ORDER BY model_version) AS model_version,
+  CAST(COUNTIF(beyond_lateness) AS INT64) AS posts_beyond_lateness
+FROM windowed
+GROUP BY GROUPING SETS (
+  (start_seconds, post_keyword, post_lang),
+  (start_seconds, post_keyword),
+  (start_seconds, post_lang),
+  (start_seconds)
+);

@@ -65,7 +65,7 @@ def test_every_pane_of_a_window_is_written(tmp_path):
 def test_same_rows_same_file_name_and_overwrite(tmp_path):
     rows = [{"stage": "parse", "reason": "r", "payload": b"\xff", "attributes": "{}",
              "received_at": dt.datetime(2026, 1, 1, tzinfo=UTC)}]
-    assert digest_of(rows) == digest_of([dict(reversed(list(rows[0].items())))])
+    assert digest_of("dead_letters", rows) == digest_of("dead_letters", [dict(reversed(list(rows[0].items())))])
     path = str(tmp_path / "dead_letters" / "x.parquet")
     write_atomically(path, to_table(rows, DEAD_LETTERS))
     write_atomically(path, to_table(rows, DEAD_LETTERS))

@@ -11,7 +11,7 @@ SELECT
   ROUND(zscore, 2) AS zscore,
   ARRAY_LENGTH(sample_post_ids) AS sample_posts,
   emitted_at
-FROM ${dataset}.alerts_latest
+FROM ${dataset}.alerts_unique
 WHERE (CAST(@keyword AS STRING) IS NULL OR keyword = @keyword)
   AND (CAST(@since AS TIMESTAMP) IS NULL OR window_start >= @since)
 ORDER BY window_start DESC, keyword, kind

@@ -5,6 +5,6 @@ SELECT
   COUNT(*) AS messages,
   MIN(received_at) AS first_received,
   MAX(received_at) AS last_received
-FROM ${dataset}.dead_letters
+FROM ${dataset}.dead_letters_unique
 GROUP BY stage, reason
 ORDER BY messages DESC, stage, reason

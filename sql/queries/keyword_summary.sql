@@ -8,17 +8,17 @@ WITH post_counts AS (
     COUNTIF(label = 'neutral') AS neutral,
     COUNTIF(label = 'positive') AS positive,
     AVG(score) AS mean_score
-  FROM ${dataset}.scored_posts
+  FROM ${dataset}.scored_posts_unique
   GROUP BY keyword
 ),
 alert_counts AS (
   SELECT keyword, COUNT(*) AS alerts
-  FROM ${dataset}.alerts_latest
+  FROM ${dataset}.alerts_unique
   GROUP BY keyword
 ),
 review_counts AS (
   SELECT keyword, COUNT(*) AS review
-  FROM ${dataset}.review_queue
+  FROM ${dataset}.review_queue_unique
   GROUP BY keyword
 )
 SELECT

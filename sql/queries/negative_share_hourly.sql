@@ -8,7 +8,7 @@ SELECT
   COUNTIF(label = 'negative') AS negative,
   ROUND(SAFE_DIVIDE(COUNTIF(label = 'negative'), COUNT(*)), 4) AS negative_share,
   ROUND(AVG(score), 4) AS mean_score
-FROM ${dataset}.scored_posts
+FROM ${dataset}.scored_posts_unique
 WHERE (CAST(@keyword AS STRING) IS NULL OR keyword = @keyword)
 GROUP BY keyword, hour_start
 HAVING (CAST(@since AS TIMESTAMP) IS NULL OR hour_start >= @since)

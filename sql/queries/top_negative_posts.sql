@@ -11,7 +11,7 @@ SELECT
   score,
   confidence,
   text
-FROM ${dataset}.scored_posts
+FROM ${dataset}.scored_posts_unique
 WHERE label = 'negative'
   AND created_at >= @window_start
   AND created_at < @window_end
