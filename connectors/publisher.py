@@ -1,13 +1,24 @@
 """Publishing Posts to a Pub/Sub topic: message building, pacing, batching, acknowledgements.
 
     Post dict (the Post contract: id, text, created_at, lang, author_id, keyword)
-      -> Message(data=JSON bytes, attributes={post_id, event_time, keyword, lang})
+      -> Message(data=JSON bytes, attributes={post_id, event_time, keyword, lang, post_key})
       -> Pub/Sub, batched by the client library; `Publisher.publish` returns only
          when every message is acknowledged (or says which ones failed and why).
 
-Also the two sources of `pulse publish`: a JSON Lines file (each line published
-verbatim, so malformed lines reach the job and its dead-letter table, as they would
-from a misbehaving producer) and a synthetic post generator for demos and load tests.
+Attributes are hints the job and Pub/Sub read before the body (`event_time` as the
+timestamp attribute, `post_key` = "<post id>|<keyword>" as the de-duplication id_label:
+the connectors publish a post once per keyword it matched, and the job de-duplicates on
+(post id, keyword)). Each is set only where it can be read safely: a string value, valid
+UTF-8, at most 1024 bytes (Pub/Sub's limit; longer ones are left out, never cut: a cut id
+would de-duplicate different posts), `event_time` only when it is an RFC 3339 timestamp
+(an unparseable timestamp attribute stops a Dataflow reader), `post_key` only when both
+halves are there, normalised as the job normalises them (id stripped, keyword stripped and
+lowercased), and the id holds no "|". The body is never changed.
+
+Also the two sources of `pulse publish`: a JSON Lines file (each line's bytes published as
+they are, so malformed lines reach the job and its dead-letter table, as they would from a
+misbehaving producer; attributes come from `line_attributes`, which reads a line the way
+the job does and never raises) and a synthetic post generator for demos and load tests.
 `PUBSUB_EMULATOR_HOST` points the client at the emulator.
 
     PUBSUB_EMULATOR_HOST=127.0.0.1:8085 python -c "from connectors.publisher import *; print(Publisher('projects/p/topics/t').publish(map(post_message, synthetic_posts(10))))"
@@ -28,7 +39,11 @@ from connectors.rate_limit import Clock, SystemClock
 # As loose as connectors/pubsub.py's (which imports Beam, too slow for a CLI's start):
 # Pub/Sub itself says what is wrong with a name it rejects.
 TOPIC_RE = re.compile(r"^projects/([^/\s]+)/topics/([^/\s]+)$")
-ATTRIBUTES = ("post_id", "event_time", "keyword", "lang")
+ATTRIBUTES = ("post_id", "event_time", "keyword", "lang", "post_key")
+MAX_ATTRIBUTE_KEY_BYTES = 256  # Pub/Sub's limits
+MAX_ATTRIBUTE_VALUE_BYTES = 1024
+MAX_REQUEST_BYTES = 10_000_000  # a publish request, so one message (the client library checks the same)
+RFC3339_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
 
 
 class Message(NamedTuple):
@@ -59,12 +74,56 @@ def rfc3339(when: dt.datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
 
 
+def attribute_value(value) -> str | None:
+    """`value` if Pub/Sub takes it as an attribute value as it is (a string that encodes as
+    UTF-8 in at most 1024 bytes) and it is not blank (the job takes a blank field as a missing
+    one, and would read the attribute instead), else None."""
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_ATTRIBUTE_VALUE_BYTES:
+        return None
+    try:
+        encoded = value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, as JSON's "\ud83d" decodes to
+        return None
+    return value if len(encoded) <= MAX_ATTRIBUTE_VALUE_BYTES else None
+
+
+def is_rfc3339(value: str) -> bool:
+    """'2026-11-25T07:47:19.123Z' or with a '+01:00' offset; a real date and time."""
+    if not RFC3339_RE.fullmatch(value):
+        return False
+    try:
+        dt.datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+def post_key(post_id, keyword) -> str | None:
+    """'<id>|<keyword>' as the job normalises them (id stripped, keyword stripped and
+    lowercased), or None where either is missing or not a string, or the id holds '|'
+    (the key would be ambiguous)."""
+    if not isinstance(post_id, str) or not isinstance(keyword, str):
+        return None
+    post_id, keyword = post_id.strip(), keyword.strip().lower()
+    if not post_id or not keyword or "|" in post_id:
+        return None
+    return attribute_value(f"{post_id}|{keyword}")
+
+
 def post_attributes(post: dict) -> dict[str, str]:
-    """The message attributes of a Post: post_id (the Dataflow id_label), event_time
-    (the timestamp_attribute, RFC 3339), keyword and lang; absent fields are left out."""
-    values = {"post_id": post.get("id"), "event_time": post.get("created_at"),
-              "keyword": post.get("keyword"), "lang": post.get("lang")}
-    return {k: v for k, v in values.items() if isinstance(v, str) and v}
+    """The message attributes of a Post: post_id, event_time (the timestamp_attribute,
+    RFC 3339), keyword, lang and post_key (the Dataflow id_label); each only where it can be
+    read safely (see the module docstring). Never raises for any dict."""
+    attributes = {}
+    for name, field in (("post_id", "id"), ("event_time", "created_at"), ("keyword", "keyword"),
+                        ("lang", "lang")):
+        value = attribute_value(post.get(field))
+        if value is not None and (name != "event_time" or is_rfc3339(value)):
+            attributes[name] = value
+    key = post_key(post.get("id"), post.get("keyword"))
+    if key is not None:
+        attributes["post_key"] = key
+    return attributes
 
 
 def post_message(post: dict) -> Message:
@@ -73,28 +132,51 @@ def post_message(post: dict) -> Message:
     return Message(body, post_attributes(post))
 
 
-def line_message(line: bytes) -> Message:
-    """One JSON Lines line -> Message carrying the line byte for byte; attributes only when
-    the line is a JSON object (a malformed line is still published: the job dead-letters it)."""
-    data = line.rstrip(b"\r\n")
+def line_attributes(data: bytes) -> dict[str, str]:
+    """The Post attributes of one message body, read the way the job reads it (strict UTF-8,
+    then JSON); {} when it is not a JSON object. Never raises, whatever the bytes: invalid
+    UTF-8, a 5,000-digit number (Python's int digit limit), 10,000 nested arrays (RecursionError)."""
     try:
-        body = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return Message(data, {})
-    return Message(data, post_attributes(body) if isinstance(body, dict) else {})
+        body = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return {}
+    return post_attributes(body) if isinstance(body, dict) else {}
+
+
+def strip_terminator(line: bytes) -> bytes:
+    """A line without its terminator: one trailing "\n" or "\r\n"; any other byte is data."""
+    if line.endswith(b"\r\n"):
+        return line[:-2]
+    return line[:-1] if line.endswith(b"\n") else line
+
+
+def line_message(line: bytes) -> Message:
+    """One JSON Lines line -> Message carrying the line's bytes exactly (terminator aside),
+    with the attributes that can be read from it (a malformed line is still published: the
+    job dead-letters it)."""
+    data = strip_terminator(line)
+    return Message(data, line_attributes(data))
+
+
+def file_lines(path: str) -> Iterator[tuple[int, bytes]]:
+    """(line number from 1, the line's bytes without its terminator) for every line, empty ones too."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            yield number, strip_terminator(line)
 
 
 def read_jsonl(path: str) -> Iterator[Message]:
-    """The non-blank lines of a JSON Lines file, as Messages."""
-    with open(path, "rb") as f:
-        for line in f:
-            if line.strip():
-                yield line_message(line)
+    """Every non-empty line of a JSON Lines file, as a Message. Empty lines (no byte between
+    two terminators) are not messages: Pub/Sub refuses a message with neither data nor
+    attributes. A line of spaces is data, and is published."""
+    for _, data in file_lines(path):
+        if data:
+            yield line_message(data)
 
 
 def count_lines(path: str) -> int:
-    with open(path, "rb") as f:
-        return sum(1 for line in f if line.strip())
+    """The number of messages read_jsonl yields."""
+    return sum(1 for _, data in file_lines(path) if data)
 
 
 _SUBJECTS = ("the app", "support", "the new update", "delivery", "the checkout", "battery life",
@@ -197,9 +279,12 @@ class Publisher:
         """Publishes every message and waits for all acknowledgements.
 
         Returns the server's message ids in input order; raises PublishError naming the
-        failures if any message was not acknowledged (the caller must not checkpoint)."""
+        failures (by index in `messages`) if any message was not acknowledged (the caller must
+        not checkpoint). A message the client refuses outright (over Pub/Sub's 10 MB request
+        limit, say) is such a failure too; the messages after it are still published."""
         pacer = Pacer(rate, clock or SystemClock())
-        pending: list[cf.Future] = []
+        pending: list[tuple[int, cf.Future]] = []
+        failed: list[tuple[int, str]] = []
         bar = _progress(progress, total, self.topic)
         lock = threading.Lock()
 
@@ -208,15 +293,23 @@ class Publisher:
                 bar.update(1)
 
         try:
-            for message in messages:
+            for i, message in enumerate(messages):
                 if stop is not None and stop.is_set():
                     break
+                too_large = self.too_large(message)
+                if too_large:
+                    failed.append((i, too_large))
+                    continue
                 pacer.wait()
-                future = self.client.publish(self.topic, message.data, **message.attributes)
+                try:
+                    future = self.client.publish(self.topic, message.data, **message.attributes)
+                except (ValueError, TypeError) as e:  # refused by the client library itself
+                    failed.append((i, f"{type(e).__name__}: {e}"))
+                    continue
                 future.add_done_callback(acked)
-                pending.append(future)
-            ids, failed = [], []
-            for i, future in enumerate(pending):
+                pending.append((i, future))
+            ids = []
+            for i, future in pending:
                 try:
                     ids.append(future.result(timeout=self.ack_timeout_s))
                 except Exception as e:  # the future carries the API error; report all of them
@@ -224,8 +317,22 @@ class Publisher:
         finally:
             bar.close()
         if failed:
-            raise PublishError(failed, len(ids))
+            raise PublishError(sorted(failed), len(ids))
         return PublishResult(len(ids), ids)
+
+    def too_large(self, message: Message) -> str | None:
+        """Why Pub/Sub cannot take `message` (its publish request would exceed 10 MB), or None.
+        Measured as the client library measures it, which otherwise fails such a message in
+        its flow control or its batch with a less direct error."""
+        if len(message.data) < MAX_REQUEST_BYTES - 1_000_000:
+            return None
+        from google.pubsub_v1 import types as gapic
+        size = gapic.PublishRequest(topic=self.topic, messages=[gapic.PubsubMessage(
+            data=message.data, attributes=message.attributes)])._pb.ByteSize()
+        if size <= MAX_REQUEST_BYTES:
+            return None
+        return (f"a message of {len(message.data):,} bytes is over Pub/Sub's limit "
+                f"({MAX_REQUEST_BYTES:,} bytes a publish request)")
 
     def close(self) -> None:
         self.client.stop()

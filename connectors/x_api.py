@@ -3,7 +3,7 @@ with an exact resume point.
 
     X API tweet {id, text, created_at, lang, author_id}   (GET /2/tweets/search/recent)
       -> Post dict {id, text, created_at, lang, author_id, keyword}   (tweet_to_post)
-      -> Pub/Sub message, attributes {post_id, event_time, keyword, lang}
+      -> Pub/Sub message, attributes {post_id, event_time, keyword, lang, post_key}
 
 One poll of a keyword fetches every page newer than the keyword's checkpointed
 `since_id` (following `meta.next_token`), then publishes them oldest first in batches
@@ -18,19 +18,24 @@ tweepy's `Client` has no host setting (api.twitter.com is written into
 client's session that sends api.twitter.com requests to `api_url` instead (the local
 test server) and gives every request a timeout (tweepy sets none).
 
-The bearer token is sent only in the Authorization header; `protect_secret` installs a
-logging filter that masks it, because tweepy's DEBUG log prints request headers.
+The bearer token is sent only in the Authorization header. `protect_secret` registers it
+with `SECRETS` and puts a logging filter on every handler that masks it in every spelling
+(tweepy's DEBUG log prints request headers and response bodies); error messages built from
+API answers go through `api_detail`, which masks it too (a 403 page may echo the header).
 
     X_BEARER_TOKEN=... python -m pipelines.ingest --keywords acme,globex --topic projects/p/topics/posts --checkpoint ck.json --once
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
+import json
 import logging
 import random
+import re
 import threading
-from typing import Iterable
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 import requests
 import tweepy
@@ -45,7 +50,6 @@ log = logging.getLogger(__name__)
 
 X_API_HOST = "https://api.twitter.com"
 TWEET_FIELDS = ("created_at", "lang", "author_id")
-TWEPY_LOGGERS = ("tweepy", "tweepy.client", "tweepy.streaming", "tweepy.asynchronous.client")
 
 
 class BaseUrlAdapter(HTTPAdapter):
@@ -64,27 +68,224 @@ class BaseUrlAdapter(HTTPAdapter):
         return super().send(request, **kwargs)
 
 
-class RedactSecret(logging.Filter):
-    """Masks a secret in log records (message and arguments) before any handler sees them."""
+# --- the bearer token never reaches an output --------------------------------------------------
+#
+# The token is in every request's Authorization header; tweepy's DEBUG log prints those headers
+# (a dict repr) and the raw response bodies (a bytes repr of JSON), and an error page or proxy may
+# echo the header back in a body that ends up in an error message. Every text that leaves the
+# process through logging, an error message or a traceback goes through `SECRETS.redact`, which
+# masks the token in each spelling it can take on the way: raw; Python repr escaping (either
+# quote); bytes repr of its UTF-8; JSON string escaping (ASCII or not, "\/", HTML-safe \u003c);
+# URL encoding and decoding; those escapings applied twice (JSON inside a bytes repr, a repr
+# inside a repr, ...); base64 at each byte alignment; and any run of FRAGMENT_CHARS or more of
+# its characters (a truncated echo). Matching ignores case (percent and \x escapes come in both).
 
-    def __init__(self, secret: str):
-        super().__init__()
-        self.secret = secret
+MASK = "***"
+FRAGMENT_CHARS = 16
+_CONTROL_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _py_escape(text: str, quote_char: str) -> str:
+    """`text` as repr() writes it between `quote_char`s ("" = escape neither quote)."""
+    out = []
+    for c in text:
+        if c == "\\" or c == quote_char:
+            out.append("\\" + c)
+        elif c in _CONTROL_ESCAPES:
+            out.append(_CONTROL_ESCAPES[c])
+        elif c.isprintable():
+            out.append(c)
+        else:
+            o = ord(c)
+            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}")
+    return "".join(out)
+
+
+def _bytes_escape(text: str, quote_char: str) -> str:
+    """`text`'s UTF-8 bytes as a bytes repr writes them between `quote_char`s."""
+    out = []
+    for b in text.encode("utf-8", "surrogatepass"):
+        c = chr(b)
+        if c == "\\" or c == quote_char:
+            out.append("\\" + c)
+        elif c in _CONTROL_ESCAPES:
+            out.append(_CONTROL_ESCAPES[c])
+        elif 0x20 <= b < 0x7F:
+            out.append(c)
+        else:
+            out.append(f"\\x{b:02x}")
+    return "".join(out)
+
+
+def _json_ascii(text: str) -> str:
+    return json.dumps(text)[1:-1]
+
+
+def _json_html_safe(text: str) -> str:
+    return (_json_ascii(text).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
+
+
+_ENCODINGS = (
+    *(lambda t, q=q: _py_escape(t, q) for q in ("", "'", '"')),
+    *(lambda t, q=q: _bytes_escape(t, q) for q in ("", "'", '"')),
+    _json_ascii,
+    lambda t: json.dumps(t, ensure_ascii=False)[1:-1],
+    lambda t: _json_ascii(t).replace("/", "\\/"),
+    _json_html_safe,
+    lambda t: quote(t, safe="", errors="surrogatepass"),
+    lambda t: quote(t, errors="surrogatepass"),
+    lambda t: quote_plus(t, safe="", errors="surrogatepass"),
+    lambda t: unquote(t, errors="surrogatepass"),
+    lambda t: unquote_plus(t, errors="surrogatepass"),
+)
+
+
+def _base64_forms(secret: str) -> set[str]:
+    """The secret's base64 (standard and URL-safe, padded or not), and at byte offsets 1 and 2
+    inside a longer input the part of the encoding that only the secret's bytes decide."""
+    data = secret.encode("utf-8", "surrogatepass")
+    forms = set()
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+        whole = encode(data).decode("ascii")
+        forms |= {whole, whole.rstrip("=")}
+        for offset in range(3):
+            encoded = encode(b"\0" * offset + data).decode("ascii")
+            core = encoded[4 if offset else 0:(offset + len(data)) // 3 * 4]
+            if len(core) >= 8:
+                forms.add(core)
+    return forms
+
+
+def secret_forms(secret: str) -> set[str]:
+    """Every spelling of `secret` that SECRETS masks (see above), fragments aside."""
+    forms = {secret}
+    for _ in range(2):
+        for form in list(forms):
+            for encoding in _ENCODINGS:
+                try:
+                    forms.add(encoding(form))
+                except (UnicodeError, ValueError):
+                    pass
+    forms |= _base64_forms(secret)
+    return {f for f in forms if f}
+
+
+class Redactor:
+    """Masks registered secrets in text, in all the spellings of `secret_forms` and fragments."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._secrets: list[str] = []
+        self._grams: dict[str, set[str]] = {}
+        self._pattern: re.Pattern | None = None
+
+    def add(self, secret: str | None) -> None:
+        if not secret:
+            return
+        with self._lock:
+            if secret in self._secrets:
+                return
+            secrets = self._secrets + [secret]
+            forms = set().union(*(secret_forms(s) for s in secrets))
+            alternatives = "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))
+            self._pattern = re.compile(alternatives, re.IGNORECASE)
+            if len(secret) > FRAGMENT_CHARS:
+                self._grams[secret] = {secret[i:i + FRAGMENT_CHARS]
+                                       for i in range(len(secret) - FRAGMENT_CHARS + 1)}
+            self._secrets = secrets
+
+    def __bool__(self) -> bool:
+        return bool(self._secrets)
+
+    def redact(self, text):
+        """`text` with every registered secret masked; non-strings are returned as they are."""
+        pattern = self._pattern
+        if pattern is None or not isinstance(text, str) or not text:
+            return text
+        text = pattern.sub(MASK, text)
+        for secret, grams in list(self._grams.items()):
+            text = _mask_fragments(text, secret, grams)
+        return text
+
+
+def _mask_fragments(text: str, secret: str, grams: set[str]) -> str:
+    """Masks each run of FRAGMENT_CHARS or more characters of `text` that occurs in `secret`."""
+    if len(text) < FRAGMENT_CHARS:
+        return text
+    out, i, last, n = [], 0, 0, len(text)
+    while i <= n - FRAGMENT_CHARS:
+        if text[i:i + FRAGMENT_CHARS] in grams:
+            end = i + FRAGMENT_CHARS
+            while end < n and text[i:end + 1] in secret:
+                end += 1
+            out += [text[last:i], MASK]
+            i = last = end
+        else:
+            i += 1
+    return "".join(out) + text[last:] if out else text
+
+
+SECRETS = Redactor()
+
+
+def redact(text):
+    """`text` with every secret registered in this process masked (see Redactor)."""
+    return SECRETS.redact(text)
+
+
+class RedactSecrets(logging.Filter):
+    """Masks the registered secrets in a log record (message, arguments, traceback, stack)
+    before any handler formats it. Installed on handlers (a logger's own filters do not see
+    records that propagate up from other loggers), so it covers every logger's records."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secret:
+        if not SECRETS:
+            return True
+        try:
             message = record.getMessage()
-            if self.secret in message:
-                record.msg = message.replace(self.secret, "***")
-                record.args = ()
+        except Exception:  # a malformed call: mask what there is
+            message = f"{record.msg} {record.args}"
+        record.msg, record.args = redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         return True
 
 
-def protect_secret(secret: str, loggers: Iterable[str] = TWEPY_LOGGERS) -> RedactSecret:
-    redactor = RedactSecret(secret)
-    for name in loggers:
-        logging.getLogger(name).addFilter(redactor)
-    return redactor
+REDACTION = RedactSecrets()
+# Loggers whose records must be masked even for handlers added after protect_secret (a
+# logger's filters apply to the records logged on it, whatever handler gets them later).
+LIBRARY_LOGGERS = ("", "tweepy", "tweepy.client", "tweepy.streaming", "tweepy.asynchronous.client",
+                   "urllib3", "urllib3.connectionpool", "urllib3.connection", "urllib3.response",
+                   "urllib3.util.retry", "requests", "connectors.x_api", "connectors.x_stream",
+                   "connectors.rate_limit", "pipelines.ingest")
+
+
+def protect_secret(secret: str) -> RedactSecrets:
+    """Registers `secret` and puts the redaction filter on every handler there is now (the
+    root's first: a handler on the root sees all propagated records), on logging's last-resort
+    handler, and on the loggers of tweepy, urllib3, requests and ours. Call it again after
+    configuring new handlers."""
+    SECRETS.add(secret)
+    loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
+    loggers += [lg for lg in list(logging.Logger.manager.loggerDict.values()) if isinstance(lg, logging.Logger)]
+    handlers = [h for lg in loggers for h in lg.handlers]
+    if logging.lastResort is not None:
+        handlers.append(logging.lastResort)
+    for target in [*handlers, *(logging.getLogger(name) for name in LIBRARY_LOGGERS)]:
+        if REDACTION not in target.filters:
+            target.addFilter(REDACTION)
+    return REDACTION
+
+
+def api_detail(text, limit: int = 300) -> str:
+    """Text an API answered (a problem's detail, an error body): secrets masked, one line,
+    at most `limit` characters. An error page or a proxy may echo the request's headers."""
+    text = redact(" ".join(redact(str(text)).split()))
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def make_client(bearer_token: str, api_url: str | None = None, timeout_s: float = 30.0) -> tweepy.Client:
@@ -116,9 +317,12 @@ def translate_error(exc: BaseException, keyword: str) -> BaseException:
         return Transient(f"X API {exc.response.status_code} {exc.response.reason}")
     if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
         return Transient(f"network error: {type(exc).__name__}")
-    if isinstance(exc, ValueError):  # a 2xx body that is not JSON (a proxy's error page)
-        return Transient("X API response is not JSON")
-    detail = "; ".join(getattr(exc, "api_messages", []) or []) or str(exc)
+    if isinstance(exc, requests.JSONDecodeError) or (
+            isinstance(exc, ValueError) and not isinstance(exc, requests.RequestException)):
+        return Transient("X API response is not JSON")  # a 2xx body that is not JSON (a proxy's page)
+    if isinstance(exc, requests.RequestException):  # a request that could not be made at all
+        return Fatal(f"cannot send the request to the X API: {type(exc).__name__}: {api_detail(exc)}")
+    detail = api_detail("; ".join(str(m) for m in getattr(exc, "api_messages", []) or []) or str(exc))
     if isinstance(exc, tweepy.Unauthorized):
         return Fatal("the X API rejected the bearer token (401 Unauthorized): check X_BEARER_TOKEN "
                      "or --bearer_token_file")

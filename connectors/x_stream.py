@@ -3,7 +3,7 @@
     stream rules: one per keyword, value = tag = keyword     (GET/POST /2/tweets/search/stream/rules)
     {"data": tweet, "matching_rules": [{id, tag}]}            (GET /2/tweets/search/stream)
       -> one Post per matching rule of ours (tweet_to_post(tweet, keyword))
-      -> Pub/Sub message, attributes {post_id, event_time, keyword, lang}  (as the polling path)
+      -> Pub/Sub message, attributes {post_id, event_time, keyword, lang, post_key}  (as polling)
 
 Where the account's access level includes it, the stream delivers posts as they are
 written instead of one poll interval later, and costs no search requests.
@@ -50,7 +50,8 @@ What is tweepy's and what is added here:
     (every 20 s on X); to stop at once, a stop also shuts down the socket of the open
     stream response, which tweepy then sees as the end of the stream.
 
-The bearer token is masked in tweepy's loggers (protect_secret), as for polling.
+The bearer token is masked in every log record and in error messages built from API answers
+(protect_secret, api_detail), as for polling.
 """
 from __future__ import annotations
 
@@ -68,8 +69,8 @@ import tweepy
 from connectors.publisher import Publisher, PublishError, post_message
 from connectors.rate_limit import (ENDPOINT_LIMITS, Backoff, Clock, Fatal, GaveUp, RateLimited,
                                    RateLimiter, Stopped, SystemClock, Transient, call_with_retries)
-from connectors.x_api import TWEET_FIELDS, X_API_HOST, BaseUrlAdapter, protect_secret, translate_error, \
-    tweet_to_post
+from connectors.x_api import (TWEET_FIELDS, X_API_HOST, BaseUrlAdapter, api_detail, protect_secret,
+                              translate_error, tweet_to_post)
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +94,15 @@ def stream_backoff(rng: random.Random | None = None, max_attempts: int = 10) -> 
 def translate_stream_error(exc: BaseException, what: str = RULES_WHAT) -> BaseException:
     """translate_error, with the stream's own message for 403."""
     if isinstance(exc, tweepy.Forbidden):
-        detail = "; ".join(getattr(exc, "api_messages", []) or []) or str(exc)
-        return Fatal(forbidden_message(detail))
+        return Fatal(forbidden_message("; ".join(str(m) for m in getattr(exc, "api_messages", []) or [])
+                                       or str(exc)))
     return translate_error(exc, what)
 
 
 def forbidden_message(detail: str) -> str:
-    return (f"the X API refused access to the filtered stream (403 Forbidden: {detail}); the account's "
-            "access level probably does not include the filtered stream: use recent-search polling "
-            "(pulse ingest without --stream)")
+    return (f"the X API refused access to the filtered stream (403 Forbidden: {api_detail(detail)}); "
+            "the account's access level probably does not include the filtered stream: use "
+            "recent-search polling (pulse ingest without --stream)")
 
 
 def status_error(status: int, response: requests.Response | None) -> BaseException:
@@ -122,7 +123,7 @@ def status_error(status: int, response: requests.Response | None) -> BaseExcepti
                      "or --bearer_token_file")
     if status == 403:
         return Fatal(forbidden_message(detail or "Forbidden"))
-    return Fatal(f"the X API answered {status} to the filtered stream connection: {detail}")
+    return Fatal(f"the X API answered {status} to the filtered stream connection: {api_detail(detail)}")
 
 
 def _problem_detail(response: requests.Response | None) -> str:
@@ -291,9 +292,9 @@ class FilteredStream:
                 [tweepy.StreamRule(value=k, tag=k) for k in missing]))
             errors = body.get("errors") or []
             if errors:
-                raise Fatal("the X API refused stream rules: " + "; ".join(
+                raise Fatal("the X API refused stream rules: " + api_detail("; ".join(
                     f"{e.get('value', e.get('id', '?'))!r}: {e.get('title') or e.get('detail') or e}"
-                    for e in errors))
+                    for e in errors), limit=600))
             added = [r for r in body.get("data") or [] if r.get("value") in missing]
             log.info("added stream rules %s", [r["value"] for r in added])
         self.rule_keywords = {str(r["id"]): r["value"] for r in kept + added}

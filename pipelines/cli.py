@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 
 COMMANDS = {
@@ -34,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"pulse: error: unknown command {command!r} (one of: {', '.join(COMMANDS)})", file=sys.stderr)
+        # Named only when it looks like a command: a stray word may be a pasted secret.
+        shown = f"{command!r} " if re.fullmatch(r"-{0,2}[a-z][a-z0-9_-]{0,19}", command) else ""
+        print(f"pulse: error: unknown command {shown}(one of: {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
     module, func, _ = COMMANDS[command]
     if command == "run" and any(a in ("-h", "--help") for a in rest):

@@ -3,7 +3,14 @@ filtered stream) and publish new posts to Pub/Sub.
 
 The bearer token comes from the X_BEARER_TOKEN environment variable or from
 `--bearer_token_file`, never from a flag value (flags end up in shell history and
-process listings), and never reaches a log line. The checkpoint file keeps the newest
+process listings), and never reaches an output, in any spelling: not a log line at any
+level (tweepy, urllib3 and requests at DEBUG included), not an error message (an API
+answer that echoes the Authorization header included), not a traceback, and not an
+argument-parser error (a mistyped flag's value is never repeated). The token is one line
+of printable ASCII: surrounding whitespace and a trailing newline are dropped, and a file or
+variable holding two lines, inner whitespace, a "Bearer " prefix or other characters is
+refused with a one-line message that does not show it. A token file other users can read
+gets a one-line warning, as ssh gives for a private key. The checkpoint file keeps the newest
 acknowledged post id per keyword: restart with the same file and ingestion resumes
 where it stopped, without losing or repeating posts. SIGTERM / Ctrl-C stop after the
 batch in flight is acknowledged and checkpointed.
@@ -25,14 +32,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
+import stat
 import sys
 import threading
+import traceback
 
-from pipelines.publish import EXIT_FAILED, EXIT_USAGE, OneLineParser, UsageError, fail
+from pipelines.publish import EXIT_FAILED, EXIT_USAGE, OneLineParser, UsageError
+from pipelines.publish import fail as _fail
 
 TOKEN_ENV = "X_BEARER_TOKEN"
-FORBIDDEN_FLAGS = ("--bearer_token", "--bearer-token", "--token", "--x_bearer_token")
+# An unknown flag that looks like an attempt to pass the token as a value.
+SECRET_FLAG = re.compile(r"bearer|token|secret|auth", re.IGNORECASE)
+MIN_TOKEN_CHARS = 16  # X API bearer tokens are over 100 characters; README's "..." is not one
+MAX_TOKEN_FILE_BYTES = 64 * 1024
 # Options that only mean something to recent-search polling; refused with --stream.
 POLLING_ONLY = ("--checkpoint", "--poll_interval", "--once", "--max_cycles", "--max_results",
                 "--backfill_pages", "--settle_s", "--requests_per_window", "--window_s")
@@ -40,7 +54,7 @@ STREAM_ONLY = ("--max_posts", "--backfill_minutes")
 
 
 def build_parser() -> OneLineParser:
-    p = OneLineParser(prog="pulse ingest", allow_abbrev=False,
+    p = OneLineParser(prog="pulse ingest", allow_abbrev=False, echo_values=False,
                       description="Poll X API v2 recent search (or follow the filtered stream) "
                                   "and publish posts to Pub/Sub.")
     p.add_argument("--keywords", required=True, help="comma-separated search queries (one Post keyword each)")
@@ -72,29 +86,68 @@ def build_parser() -> OneLineParser:
     return p
 
 
-def read_token(token_file: str | None) -> str:
-    if token_file:
-        if not os.path.isfile(token_file):
-            raise UsageError("--bearer_token_file: no such file")
-        with open(token_file, encoding="utf-8") as f:
-            token = f.read().strip()
-        if not token:
-            raise UsageError("--bearer_token_file: the file is empty")
-        return token
-    token = os.environ.get(TOKEN_ENV, "").strip()
+def check_token(raw: str, source: str) -> str:
+    """The token in `raw` (surrounding whitespace and newlines dropped), or UsageError saying
+    what is wrong with it without showing it or any of its characters."""
+    token = raw.strip()
     if not token:
-        raise UsageError(f"no X API bearer token: set {TOKEN_ENV} or pass --bearer_token_file")
+        raise UsageError(f"{source}: the file is empty" if source.startswith("--")
+                         else f"no X API bearer token: set {TOKEN_ENV} or pass --bearer_token_file")
+    lines = [line for line in token.splitlines() if line.strip()]
+    if len(lines) > 1:
+        raise UsageError(f"{source} holds {len(lines)} lines; a bearer token is one line (the token "
+                         "is not shown)")
+    if token[:7].lower() == "bearer " or token[:7].lower() == "bearer\t":
+        raise UsageError(f"{source} starts with \"Bearer\": give the token alone, without the scheme")
+    if any(c.isspace() for c in token):
+        raise UsageError(f"{source} has whitespace inside the token; a bearer token has none "
+                         "(the token is not shown)")
+    if any(not "!" <= c <= "~" for c in token):
+        raise UsageError(f"{source} holds characters a bearer token cannot (it is printable ASCII: a copy "
+                         "from a formatted document?); the token is not shown")
+    if len(token) < MIN_TOKEN_CHARS:
+        raise UsageError(f"{source} holds {len(token)} characters: too short for an X API bearer token "
+                         "(a placeholder?)")
+    return token
+
+
+def read_token(token_file: str | None) -> str:
+    """The bearer token from `token_file` or $X_BEARER_TOKEN, checked by check_token."""
+    if not token_file:
+        return check_token(os.environ.get(TOKEN_ENV, ""), TOKEN_ENV)
+    source = "--bearer_token_file"
+    if not os.path.isfile(token_file):
+        raise UsageError(f"{source}: no such file")  # the path is not shown: it may be the token itself
+    try:
+        with open(token_file, "rb") as f:
+            data = f.read(MAX_TOKEN_FILE_BYTES + 1)
+        mode = os.stat(token_file).st_mode
+    except OSError as e:
+        raise UsageError(f"{source}: cannot read it ({e.strerror})") from None
+    if len(data) > MAX_TOKEN_FILE_BYTES:
+        raise UsageError(f"{source}: the file is over {MAX_TOKEN_FILE_BYTES // 1024} KiB, not a token file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{source}: the file is not text (UTF-8); the token is not shown") from None
+    token = check_token(text.lstrip("\ufeff"), source)
+    if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        print(f"pulse ingest: warning: {token_file} is accessible by other users (mode "
+              f"{stat.S_IMODE(mode):04o}); run chmod 600 on it", file=sys.stderr)
     return token
 
 
 def parse_args(argv: list[str]):
+    parser = build_parser()
+    known = set(parser.known_flags())
     for arg in argv:
-        if arg.split("=", 1)[0] in FORBIDDEN_FLAGS:
+        name = arg.split("=", 1)[0]
+        if name.startswith("-") and name not in known and SECRET_FLAG.search(name):
             # Said without echoing the value: it is the secret.
             raise UsageError(f"the bearer token is never a flag value; set {TOKEN_ENV} or pass "
                              "--bearer_token_file")
     from connectors.publisher import check_topic
-    args = build_parser().parse_args(argv)
+    args = parser.parse_args(argv)
     given = {arg.split("=", 1)[0] for arg in argv if arg.startswith("--")}
     if args.stream:
         clash = [f for f in POLLING_ONLY if f in given]
@@ -127,8 +180,46 @@ def parse_args(argv: list[str]):
         args.max_cycles = 1
     if args.max_cycles is not None and args.max_cycles < 1:
         raise UsageError("--max_cycles must be positive")
+    if args.api_url is not None and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", args.api_url):
+        raise UsageError("--api_url must be an http:// or https:// URL (the value is not shown)")
     args.token = read_token(args.bearer_token_file)
     return args
+
+
+def fail(prog: str, message: str, code: int, *secrets: str | None) -> int:
+    """pipelines.publish.fail, with `secrets` and the registered ones masked in `message`."""
+    from connectors.x_api import SECRETS, Redactor
+    redactor = Redactor()
+    for secret in (*secrets, os.environ.get(TOKEN_ENV)):
+        # Each part of a malformed token too; none so short that masking it would garble the message.
+        for part in {secret or "", *(secret or "").split()}:
+            if len(part.strip()) >= MIN_TOKEN_CHARS:
+                redactor.add(part.strip())
+    return _fail(prog, SECRETS.redact(redactor.redact(message)), code)
+
+
+@contextlib.contextmanager
+def guard_secret(token: str):
+    """While the block runs: the token is masked in every log record (protect_secret, and
+    warnings go through logging) and in the traceback of an exception that ends a thread."""
+    from connectors.x_api import protect_secret, redact
+    protect_secret(token)
+    previous_hook = threading.excepthook
+
+    def thread_hook(hook_args):
+        text = "".join(traceback.format_exception(hook_args.exc_type, hook_args.exc_value,
+                                                  hook_args.exc_traceback))
+        print(f"Exception in thread {getattr(hook_args.thread, 'name', '?')}:\n{redact(text)}",
+              file=sys.stderr, end="")
+
+    threading.excepthook = thread_hook
+    captured = getattr(logging, "_warnings_showwarning", None) is not None
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(captured)
+        threading.excepthook = previous_hook
 
 
 NO_CREDENTIALS = ("no Google Cloud credentials (set PUBSUB_EMULATOR_HOST for the emulator, "
@@ -158,7 +249,16 @@ def main(argv: list[str] | None = None, *, clock=None, stop: threading.Event | N
         return fail(prog, str(e), EXIT_USAGE)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        with guard_secret(args.token):
+            return _main(prog, args, clock, stop)
+    except Exception:  # unexpected: the traceback, masked, and one line
+        from connectors.x_api import redact
+        print(redact(traceback.format_exc()), file=sys.stderr, end="")
+        return fail(prog, "unexpected error (the traceback above)", EXIT_FAILED, args.token)
 
+
+def _main(prog: str, args, clock, stop: threading.Event | None) -> int:
     from google.auth import exceptions as auth_exc
 
     from connectors.checkpoint import Checkpoint, CheckpointError

@@ -13,13 +13,38 @@ TOPIC = "projects/demo/topics/posts"
 
 def test_post_message_carries_contract_attributes():
     post = {"id": "17", "text": "acme ist toll", "created_at": "2026-11-25T07:47:19.000Z", "lang": "de",
-            "author_id": "4", "keyword": "acme"}
+            "author_id": "4", "keyword": "Acme Air "}
     message = post_message(post)
     assert json.loads(message.data) == post
     assert "ist toll" in message.data.decode("utf-8")
     assert message.attributes == {"post_id": "17", "event_time": "2026-11-25T07:47:19.000Z",
-                                  "keyword": "acme", "lang": "de"}
+                                  "keyword": "Acme Air ", "lang": "de",
+                                  "post_key": "17|acme air"}  # as the job normalises the keyword
     assert post_attributes({"id": "1", "text": "x", "lang": None}) == {"post_id": "1"}
+
+
+def test_attributes_are_left_out_where_they_cannot_be_read_safely():
+    ok = {"id": "5", "created_at": "2026-11-25T07:00:00+01:00", "keyword": "acme", "lang": "en"}
+    assert post_attributes(ok) == {"post_id": "5", "event_time": "2026-11-25T07:00:00+01:00",
+                                   "keyword": "acme", "lang": "en", "post_key": "5|acme"}
+    # A timestamp attribute Dataflow could not parse would stop its reader.
+    for bad_time in ("yesterday", "2026-13-01T00:00:00Z", "2026-11-25 07:00:00Z", "2026-11-25T07:00:00"):
+        assert "event_time" not in post_attributes({**ok, "created_at": bad_time})
+    # Over Pub/Sub's 1024-byte value limit: left out, never cut (a cut id would merge posts).
+    long_id = post_attributes({**ok, "id": "9" * 1025})
+    assert "post_id" not in long_id and "post_key" not in long_id
+    at_limit = post_attributes({**ok, "keyword": "é" * 512})  # 1024 bytes; the key "5|..." 1026
+    assert at_limit["keyword"] == "é" * 512 and "post_key" not in at_limit
+    assert post_attributes({**ok, "keyword": "é" * 511})["post_key"] == "5|" + "é" * 511  # 1024 bytes
+    assert "keyword" not in post_attributes({**ok, "keyword": "é" * 513})
+    # A lone surrogate (JSON "\ud83d") is not UTF-8: no attribute, and no exception.
+    assert post_attributes({**ok, "keyword": "\ud83d"}) == {"post_id": "5", "event_time": ok["created_at"],
+                                                             "lang": "en"}
+    # post_key needs both halves, and an id without "|" (else "a|b" + "c" = "a" + "b|c").
+    assert "post_key" not in post_attributes({**ok, "id": "1|2"})
+    assert "post_key" not in post_attributes({**ok, "keyword": "  "})
+    assert "post_key" not in post_attributes({**ok, "id": 5})
+    assert post_attributes({**ok, "id": " 5 ", "keyword": "ACME|Globex"})["post_key"] == "5|acme|globex"
 
 
 def test_file_lines_are_published_verbatim_even_when_malformed():
@@ -29,6 +54,11 @@ def test_file_lines_are_published_verbatim_even_when_malformed():
     assert line_message(b"{broken\n") == (b"{broken", {})
     assert line_message(b"\xff\xfe\n") == (b"\xff\xfe", {})
     assert line_message(b"[1, 2]\n").attributes == {}
+    # One terminator is removed ("\n" or "\r\n"); every other byte is the message's.
+    assert line_message(b"{}\r\n").data == b"{}"
+    assert line_message(b"{}\r\r\n").data == b"{}\r"
+    assert line_message(b" \t ").data == b" \t "
+    assert line_message(b"{}\n\n").data == b"{}\n"
 
 
 def test_synthetic_posts_are_deterministic_valid_and_stamped_now():
@@ -101,7 +131,8 @@ def test_ingest_usage_errors_are_one_line_exit_2(capsys, no_token, argv, expecte
 
 
 @pytest.mark.parametrize("flag", [["--bearer_token", "s3cr3t-value"], ["--bearer_token=s3cr3t-value"],
-                                  ["--token", "s3cr3t-value"]])
+                                  ["--token", "s3cr3t-value"], ["--bearer", "s3cr3t-value"],
+                                  ["--X-Bearer=s3cr3t-value"], ["--auth", "s3cr3t-value"]])
 def test_token_as_flag_is_refused_without_echoing_it(capsys, no_token, flag):
     err = _one_line_error(capsys, ingest.main(BASE + flag), "the bearer token is never a flag value")
     assert "s3cr3t-value" not in err
@@ -112,5 +143,7 @@ def test_token_file_is_read_and_empty_file_refused(tmp_path, capsys, no_token):
     token_file.write_text("  \n")
     _one_line_error(capsys, ingest.main(BASE + ["--bearer_token_file", str(token_file)]),
                     "--bearer_token_file: the file is empty")
-    token_file.write_text("abc123\n")
-    assert ingest.read_token(str(token_file)) == "abc123"
+    token_file.write_text("abc123-abc123-abc123\n")
+    token_file.chmod(0o600)
+    assert ingest.read_token(str(token_file)) == "abc123-abc123-abc123"
+    assert capsys.readouterr().err == ""  # no warning: only the owner can read it

@@ -20,12 +20,13 @@ def test_file_is_published_line_for_line(pubsub_env, tmp_path, capsys):
     assert publish.main(["--topic", topic, "--file", str(path), "--no_progress"]) == 0
     out = capsys.readouterr().out
     assert f"published 33 messages to {topic}" in out and "1 without Post attributes" in out
+    assert "1 empty line skipped" in out
 
     pulled = pubsub_env.pull_all(subscription)
     assert sorted(m.data for m in pulled) == sorted(lines)  # byte for byte, duplicates included
     by_data = {m.data: m.attributes for m in pulled}
     assert by_data[lines[0]] == {"post_id": "0", "event_time": "2026-11-25T07:00:00Z",
-                                 "keyword": "acme", "lang": "en"}
+                                 "keyword": "acme", "lang": "en", "post_key": "0|acme"}
     assert by_data[b"{not json"] == {}
 
 
@@ -38,6 +39,7 @@ def test_synthetic_posts_at_a_rate_with_progress(pubsub_env, capsys):
     pulled = pubsub_env.pull_all(subscription)
     assert len(pulled) == 40 and len({m.attributes["post_id"] for m in pulled}) == 40
     assert all(json.loads(m.data)["created_at"] == m.attributes["event_time"] for m in pulled)
+    assert all(m.attributes["post_key"] == f"{m.attributes['post_id']}|{m.attributes['keyword']}" for m in pulled)
 
 
 def test_missing_topic_is_one_line_unless_created(pubsub_env, capsys):
