@@ -14,17 +14,21 @@ own); `run` only parses options, picks them and calls it.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
+import threading
 import time
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions, TestOptions
 from apache_beam.runners.runner import PipelineState
 from apache_beam.transforms import window
 
-from pipelines import direct_runner_metrics
-from connectors.pubsub import PublishAlerts, ReadPosts, is_pubsub_path
+from pipelines import direct_runner_metrics, direct_runner_triggers
+from connectors.pubsub import PublishAlerts, PubSubError, ReadPosts, check_pubsub, is_pubsub_path
 from connectors.replay import ReplayPosts
 from pipelines.options import (OptionsError, SentimentOptions, alert_spec, check_flags, output_kind,
                                validate_options, window_spec)
@@ -46,7 +50,7 @@ def build_pipeline(p: beam.Pipeline, source: beam.PTransform, sinks: beam.PTrans
     wspec = window_spec(options)
     messages = p | "ReadPosts" >> source
     parsed = messages | "ParsePosts" >> ParsePosts()
-    windowed = parsed["posts"] | "WindowPosts" >> WindowPosts(wspec)
+    windowed = parsed["posts"] | "WindowPosts" >> WindowPosts(wspec, options.max_future_skew)
     unique = windowed["posts"] | "Deduplicate" >> Deduplicate()
     cleaned = unique | "Clean" >> Clean()
     scored = cleaned["posts"] | "Score" >> ScorePosts(model_handler, spec)
@@ -86,7 +90,7 @@ def make_source(options: SentimentOptions, runner: str | None) -> beam.PTransfor
     if is_pubsub_path(options.input):
         return ReadPosts(options.input, on_dataflow=runner == "DataflowRunner")
     return ReplayPosts(options.input, speedup=options.speedup, tick_s=options.replay_tick,
-                       bounded=runner not in DIRECT_RUNNERS)
+                       bounded=runner not in DIRECT_RUNNERS, max_future_skew_s=options.max_future_skew)
 
 
 def load_model(options: SentimentOptions):
@@ -106,25 +110,176 @@ def counters(result) -> dict[str, int]:
 
 
 def accounting(c: dict[str, int]) -> tuple[bool, str]:
-    """Does every message read end scored, as a duplicate, or as a dead letter?"""
-    dead = sum(v for k, v in c.items() if k.startswith("dead_letter_")) + c.get("dropped_late", 0)
+    """Does every message read end scored, as a duplicate, or as a dead letter, and is it stored?
+
+    The steps count what they emit; the Parquet writer counts the rows it wrote
+    (`rows_written_<table>`, incremented only after a file is in place). A message lost
+    between a step and a file makes the two disagree, so it cannot read as balanced.
+    Without sink counts (BigQuery) the line says that it checks the steps only.
+    """
+    dead = sum(v for k, v in c.items() if k.startswith("dead_letter_"))
     read, scored, dups = c.get("read", 0), c.get("scored", 0), c.get("duplicates", 0)
+    line = f"read {read} = scored {scored} + duplicates {dups} + dead letters {dead}"
     ok = read == scored + dups + dead
-    line = (f"read {read} = scored {scored} + duplicates {dups} + dead letters {dead}"
-            f" ({'balanced' if ok else 'UNBALANCED: messages in flight or lost'})")
+    if "rows_written_scored_posts" in c or "rows_written_dead_letters" in c:
+        stored_scored = c.get("rows_written_scored_posts", 0)
+        stored_dead = c.get("rows_written_dead_letters", 0)
+        line += f"; stored {stored_scored} scored posts + {stored_dead} dead letters"
+        missing = []
+        if stored_scored != scored:
+            missing.append(f"{scored - stored_scored} scored posts not stored" if stored_scored < scored
+                           else f"{stored_scored - scored} scored rows stored more than once")
+        if stored_dead != dead:
+            missing.append(f"{dead - stored_dead} dead letters not stored" if stored_dead < dead
+                           else f"{stored_dead - dead} dead letters stored more than once")
+        if not ok:
+            missing.insert(0, f"{read - scored - dups - dead} messages read but in no step's output")
+        ok = ok and not missing
+        line += f" ({'balanced' if ok else 'UNBALANCED: ' + '; '.join(missing)})"
+    else:
+        line += (f" ({'balanced' if ok else 'UNBALANCED: messages in flight or lost'};"
+                 " counted at the steps: this sink reports no row counts)")
     return ok, line
 
 
-def run(argv: list[str] | None = None, model=None) -> beam.runners.runner.PipelineResult:
-    """Parse options, build and run the job; blocks until a file is played or --run_for is up.
+DRAIN_TIMEOUT_S = 300.0  # a drain that takes longer is cancelled (and reported unbalanced)
 
-    `model` = (handler, spec) overrides --model (tests pass a small one).
+
+class StopRequest:
+    """Asks a running job to stop. `pulse run` sets it from SIGINT / SIGTERM; tests may set it directly.
+
+    `request(reason)`: drain. On Pub/Sub the job stops pulling, finishes what it read, fires the
+    last pane of every open window, writes, and acknowledges what it wrote; unread messages stay
+    in the subscription. `abort(reason, exit_code)` (a second signal): cancel at once, no drain.
+    """
+
+    def __init__(self):
+        self.reason: str | None = None
+        self.aborted: str | None = None
+        self.exit_code: int | None = None
+
+    def request(self, reason: str, exit_code: int | None = None) -> None:
+        if self.reason is None:
+            self.reason, self.exit_code = reason, exit_code
+
+    def abort(self, reason: str, exit_code: int | None = None) -> None:
+        self.aborted = reason
+        self.exit_code = exit_code if exit_code is not None else self.exit_code
+
+    @property
+    def requested(self) -> bool:
+        return self.reason is not None
+
+
+class JobEnd(NamedTuple):
+    """How a DirectRunner job ended, attached to its result as `result.pulse_end`."""
+
+    stopped_by: str | None  # what asked it to stop (--run_for, SIGINT, SIGTERM), None if it ended by itself
+    drained: bool  # it ended DONE: every window fired its last pane and everything read went through
+    aborted_by: str | None  # a stop that did not drain (second signal, drain timeout, a replay stopped early)
+    exit_code: int | None  # the exit status the stop asks for (128 + signal), if any
+    read: object | None  # connectors.pubsub_direct.ReadReport for a Pub/Sub input
+
+
+def _written_check(metrics) -> tuple[bool, str]:
+    """The Pub/Sub reader's gate: has every message read so far been written (per `accounting`)?"""
+
+    class _Live:
+        def metrics(self):
+            return metrics
+
+    return accounting(counters(_Live()))
+
+
+def _check_brokers(sentiment: SentimentOptions, options: PipelineOptions) -> None:
+    """A missing subscription or topic is one sentence at start (not tracebacks and a job that reads nothing)."""
+    dry_run = options.view_as(TestOptions).dry_run
+    if dry_run and str(dry_run).lower() not in ("false", "0", "no"):
+        return  # translation only: nothing will read or publish
+    for path in (sentiment.input if is_pubsub_path(sentiment.input) else None, sentiment.alerts_topic):
+        if path:
+            check_pubsub(path)
+
+
+def _await(result, reader, sentiment: SentimentOptions, stop: StopRequest | None) -> JobEnd:
+    """Wait for a DirectRunner job; on --run_for or a stop request, drain it (Pub/Sub) or cancel it (a file)."""
+    failure: list[BaseException] = []
+
+    def wait():
+        try:
+            result.wait_until_finish()
+        except BaseException as e:  # noqa: BLE001  (handed to the main thread)
+            failure.append(e)
+
+    waiter = threading.Thread(target=wait, name="pulse-wait", daemon=True)
+    waiter.start()
+    deadline = None if sentiment.run_for is None else time.monotonic() + sentiment.run_for
+    stopped_by = aborted_by = None
+    exit_code = None
+    draining_since = None
+    try:
+        while waiter.is_alive():
+            waiter.join(0.5)
+            if not waiter.is_alive():
+                break
+            if reader is not None:
+                reader.maintain()
+            if stop is not None and stop.aborted:
+                aborted_by, exit_code = stop.aborted, stop.exit_code
+                _LOG.warning("%s again: cancelling without draining; what was not acknowledged stays in "
+                             "the subscription", stop.aborted)
+                break
+            if draining_since is None:
+                if stop is not None and stop.requested:
+                    stopped_by, exit_code = stop.reason, stop.exit_code
+                elif deadline is not None and time.monotonic() >= deadline:
+                    stopped_by = f"--run_for {sentiment.run_for:g} s"
+                if stopped_by is None:
+                    continue
+                draining_since = time.monotonic()
+                if reader is None:
+                    aborted_by = stopped_by
+                    _LOG.warning("%s: a replayed file cannot be drained; cancelling", stopped_by)
+                    break
+                _LOG.info("%s: stopping: no more pulls; finishing what was read, firing the last pane of "
+                          "every open window, writing%s", stopped_by,
+                          " (send it again to abort)" if stop is not None and stop.requested else "")
+                reader.request_stop(stopped_by)
+            elif time.monotonic() - draining_since > DRAIN_TIMEOUT_S:
+                aborted_by = f"drain timeout ({DRAIN_TIMEOUT_S:.0f} s)"
+                _LOG.error("the drain did not finish in %.0f s: cancelling", DRAIN_TIMEOUT_S)
+                break
+        if waiter.is_alive():
+            result.cancel()
+        if failure:
+            raise failure[0]
+    except BaseException:
+        if reader is not None:
+            reader.finish(written=False)
+        raise
+    drained = result.state == PipelineState.DONE
+    report = None
+    if reader is not None:
+        ok, _ = accounting(counters(result))
+        report = reader.finish(written=drained and ok)
+    return JobEnd(stopped_by, drained, aborted_by, exit_code, report)
+
+
+def run(argv: list[str] | None = None, model=None, stop: StopRequest | None = None
+        ) -> beam.runners.runner.PipelineResult:
+    """Parse options, build and run the job; blocks until a file is played or the job is stopped.
+
+    `model` = (handler, spec) overrides --model (tests pass a small one). On the DirectRunner,
+    --run_for or `stop` (set by `pulse run` on SIGINT / SIGTERM) drains a Pub/Sub job: no more
+    pulls, what was read is finished and written, every open window fires its last pane, and
+    only then are the messages acknowledged; `result.pulse_end` (JobEnd) says how it ended.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     check_flags(argv)
     options = PipelineOptions(argv)
     sentiment = options.view_as(SentimentOptions)
     validate_options(sentiment)
+    _check_brokers(sentiment, options)
     standard = options.view_as(StandardOptions)
     standard.streaming = True
     runner = standard.runner
@@ -133,6 +288,7 @@ def run(argv: list[str] | None = None, model=None) -> beam.runners.runner.Pipeli
         # TestStream; go straight to the Python runner that supports streaming.
         standard.runner = "BundleBasedDirectRunner"
         direct_runner_metrics.install()
+        direct_runner_triggers.install()  # a drained job must be able to reach DONE
     if model is None:
         try:
             model = load_model(sentiment)
@@ -148,23 +304,60 @@ def run(argv: list[str] | None = None, model=None) -> beam.runners.runner.Pipeli
         sentiment.early_firing = 0
     p = beam.Pipeline(options=options)
     build_pipeline(p, source, make_sinks(sentiment), sentiment, handler, spec)
+    reader = source.reader() if isinstance(source, ReadPosts) else None
+    if reader is not None:
+        reader.settled = _written_check  # acknowledge only what the job has written
+        reader.learn_ack_deadline()
     result = p.run()
     if runner not in DIRECT_RUNNERS and is_pubsub_path(sentiment.input):
         # A streaming job on Dataflow or Flink runs until cancelled: submitting is the whole command.
+        # (On Dataflow, `gcloud dataflow jobs drain` is the clean stop: see README.)
         if sentiment.run_for is not None:
             result.wait_until_finish(duration=int(sentiment.run_for * 1000))
             result.cancel()
         return result
-    if sentiment.run_for is None:
+    if runner not in DIRECT_RUNNERS:
         result.wait_until_finish()
-    else:
-        deadline = time.monotonic() + sentiment.run_for
-        while time.monotonic() < deadline and not PipelineState.is_terminal(result.state):
-            time.sleep(0.5)
-        if not PipelineState.is_terminal(result.state):
-            _LOG.info("--run_for %.0f s is up: stopping the job", sentiment.run_for)
-            result.cancel()
+        return result
+    result.pulse_end = _await(result, reader, sentiment, stop)
     return result
+
+
+def _install_stop_signals(stop: StopRequest):
+    """SIGINT / SIGTERM drain the job; the same signal again aborts it. Returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def on_signal(signum, _frame):
+        name = signal.Signals(signum).name
+        if stop.requested:
+            stop.abort(name, 128 + signum)
+            os.write(2, f"pulse run: {name} again: aborting without draining\n".encode())
+        else:
+            stop.request(name, 128 + signum)
+            os.write(2, f"pulse run: {name}: stopping cleanly (send {name} again to abort)\n".encode())
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def undo():
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+    return undo
+
+
+def exit_status(result, ok: bool) -> int:
+    """0 only for a job that ended DONE and balanced, with every message it wrote acknowledged."""
+    end = getattr(result, "pulse_end", None)
+    if end is None:  # submitted to Dataflow / Flink, or translated only: unchanged
+        return 0 if result.state in (PipelineState.DONE, PipelineState.CANCELLED) else 1
+    if end.aborted_by is not None:
+        return end.exit_code or 1
+    if not (end.drained and ok):
+        return 1
+    if end.read is not None and (end.read.returned or end.read.unreachable_at_end):
+        return 1  # written but not acknowledged, or a dead broker: neither reads as success
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,18 +366,44 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("apache_beam", "tensorflow", "absl", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     started = time.monotonic()
+    stop = StopRequest()
+    undo = _install_stop_signals(stop)
     try:
-        result = run(argv)
-    except (OptionsError, FileNotFoundError) as e:
+        result = run(argv, stop=stop)
+    except (OptionsError, FileNotFoundError, PubSubError) as e:
         print(f"pulse run: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        undo()
     c = counters(result)
     ok, line = accounting(c)
-    print(f"pulse run: {result.state} in {time.monotonic() - started:.0f} s; {line}", file=sys.stderr)
-    print("pulse run: windows emitted {windows_emitted}, alerts {alerts}, dropped late {dropped_late}".format(
-        **{k: c.get(k, 0) for k in ("windows_emitted", "alerts", "dropped_late")}), file=sys.stderr)
-    return 0 if result.state in (PipelineState.DONE, PipelineState.CANCELLED) else 1
-
+    end = getattr(result, "pulse_end", None)
+    how = ""
+    if end is not None and end.aborted_by:
+        how = f" (stopped by {end.aborted_by}, not drained)"
+    elif end is not None and end.stopped_by:
+        how = f" (stopped by {end.stopped_by}, drained)"
+    print(f"pulse run: {result.state}{how} in {time.monotonic() - started:.0f} s; {line}", file=sys.stderr)
+    if end is not None and end.read is not None:
+        print(f"pulse run: {end.read.line()}", file=sys.stderr)
+    print("pulse run: windows emitted {windows_emitted}, alerts {alerts}, scored past the allowed lateness "
+          "{late_beyond_lateness} (in sentiment_windows_final only)".format(
+              **{k: c.get(k, 0) for k in ("windows_emitted", "alerts", "late_beyond_lateness")}), file=sys.stderr)
+    status = exit_status(result, ok)
+    if status and end is not None:
+        if end.aborted_by is not None:
+            back = f"; the {end.read.returned} unacknowledged messages went back to the subscription" if end.read else ""
+            print(f"pulse run: stopped by {end.aborted_by} without draining{back}", file=sys.stderr)
+        elif end.read is not None and end.read.returned and (end.drained and ok):
+            print(f"pulse run: error: {end.read.returned} written messages could not be acknowledged "
+                  "(broker unreachable); Pub/Sub will deliver them again", file=sys.stderr)
+        elif end.read is not None and end.read.unreachable_at_end and (end.drained and ok):
+            print(f"pulse run: error: Pub/Sub {end.read.subscription} was unreachable when the job stopped",
+                  file=sys.stderr)
+        elif not ok or not end.drained:
+            left = f"; the {end.read.returned} unacknowledged messages stay in the subscription" if end.read else ""
+            print(f"pulse run: error: the job did not account for every message it read{left}", file=sys.stderr)
+    return status
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -70,7 +70,7 @@ def test_pubsub_read_is_dataflow_native_with_dedup_and_event_time(dataflow_job):
     [read] = [t for t in transforms(job).values() if t.spec.urn == common_urns.composites.PUBSUB_READ.urn]
     payload = beam_runner_api_pb2.PubSubReadPayload.FromString(read.spec.payload)
     assert payload.subscription == "projects/my-proj/subscriptions/posts-sub"
-    assert (payload.id_attribute, payload.timestamp_attribute) == ("post_id", "event_time")
+    assert (payload.id_attribute, payload.timestamp_attribute) == ("post_key", "event_time")
     assert payload.with_attributes
 
 

@@ -25,6 +25,22 @@ TEXTS = ("I love this, best service ever", "worst delay, I hate this", "the flig
          "great crew and great food", "terrible, my bag is lost again")
 MALFORMED = [b"{not json", b"[1, 2]", json.dumps({"id": "no-text"}).encode(), b"\xff\xfe not utf-8",
              json.dumps({"id": "bad-time", "text": "t", "created_at": "noon"}).encode()]
+# The hostile messages that once lost their valid neighbours on this path (named regressions).
+HOSTILE_PARSE = [b"[" * 10_000 + b"]" * 10_000,
+                 b'{"id": "big", "text": "t", "retweets": ' + b"9" * 5000 + b"}",
+                 b'{"id": "kw-surrogate", "text": "t", "keyword": "\\udc00"}',
+                 json.dumps({"id": "star-kw", "text": "t", "keyword": "*"}).encode(),
+                 json.dumps({"id": "star-lang", "text": "t", "lang": "*"}).encode()]
+HOSTILE_WINDOW = [json.dumps({"id": "year-1", "text": "t", "created_at": "0001-01-01T00:00:00+05:30"}).encode(),
+                  json.dumps({"id": "y9999", "text": "t", "created_at": "9999-12-31T23:59:59-05:00"}).encode(),
+                  json.dumps({"id": "end", "text": "t", "created_at": "9999-12-31T23:59:59Z"}).encode(),
+                  json.dumps({"id": "2062", "text": "t", "created_at": "2062-01-01T00:00:00Z"}).encode()]
+
+
+def half_emoji(created_at: str) -> bytes:
+    """A valid post whose text ends in half an emoji (a lone surrogate escape): repaired and scored."""
+    return (b'{"id": "half-emoji", "text": "hi \\ud83d", "keyword": "globex", "lang": "en", "created_at": "'
+            + created_at.encode() + b'"}')
 
 
 def posts_around(now: float) -> tuple[list[dict], float]:
@@ -59,7 +75,8 @@ def job(pubsub_emulator, tiny_bundled_model, tmp_path_factory):
         alerts_subscription = pubsub_emulator.subscription(alerts_topic)
         posts, burst_start = posts_around(time.time())
         duplicates = [posts[0], posts[4], posts[-1]]
-        messages = [post_message(p) for p in posts + duplicates] + [Message(m, {}) for m in MALFORMED]
+        messages = [post_message(p) for p in posts + duplicates] + [
+            Message(m, {}) for m in MALFORMED + HOSTILE_PARSE + HOSTILE_WINDOW + [half_emoji(posts[0]["created_at"])]]
         publisher = Publisher(topic)
         publisher.publish(messages)
         publisher.close()
@@ -90,12 +107,14 @@ def sql(out: str, query: str):
 def test_tables_hold_every_post_once_and_every_bad_message(job):
     out, posts = job["out"], job["posts"]
     scored = sql(out, "SELECT post_id, keyword, lang FROM scored_posts")
-    assert sorted(r[0] for r in scored) == sorted(p["id"] for p in posts)  # duplicates removed, none lost
-    assert {(r[0], r[1]) for r in scored} == {(p["id"], p["keyword"]) for p in posts}
+    assert sorted(r[0] for r in scored) == sorted([p["id"] for p in posts] + ["half-emoji"])  # none lost
+    assert {(r[0], r[1]) for r in scored} == {(p["id"], p["keyword"]) for p in posts} | {("half-emoji", "globex")}
+    assert sql(out, "SELECT text FROM scored_posts WHERE post_id = 'half-emoji'") == [("hi \ufffd",)]
 
     dead = sql(out, "SELECT stage, payload FROM dead_letters")
-    assert sorted(bytes(payload) for _, payload in dead) == sorted(MALFORMED)  # byte for byte
-    assert {stage for stage, _ in dead} == {"parse"}
+    assert sorted(bytes(payload) for _, payload in dead) == sorted(MALFORMED + HOSTILE_PARSE + HOSTILE_WINDOW)
+    assert sorted(bytes(p) for stage, p in dead if stage == "window") == sorted(HOSTILE_WINDOW)
+    assert {stage for stage, _ in dead} == {"parse", "window"}
 
     # The latest pane of each window counts every post of that window exactly once.
     latest = sql(out, """
@@ -103,16 +122,16 @@ def test_tables_hold_every_post_once_and_every_bad_message(job):
             SELECT keyword, window_start, max(posts) AS posts FROM sentiment_windows
             WHERE lang = '*' GROUP BY keyword, window_start)
         GROUP BY keyword ORDER BY keyword""")
-    expected = {}
+    expected = {"globex": 1}  # the half-emoji post
     for p in posts:
         expected[p["keyword"]] = expected.get(p["keyword"], 0) + 1
-    expected["*"] = len(posts)
+    expected["*"] = len(posts) + 1
     assert dict(latest) == expected
 
     counters = sentiment_pipeline.counters(job["result"])
     ok, line = sentiment_pipeline.accounting(counters)
     assert ok, line
-    assert counters["read"] == len(posts) + len(job["duplicates"]) + len(MALFORMED)
+    assert counters["read"] == len(posts) + len(job["duplicates"]) + len(MALFORMED + HOSTILE_PARSE + HOSTILE_WINDOW) + 1
     assert counters["duplicates"] == len(job["duplicates"])
 
 
@@ -128,6 +147,8 @@ def test_alerts_arrive_on_the_alerts_topic(job):
     assert set(spike["sample_post_ids"]) <= burst_ids
     message = next(m for m in job["alerts"] if json.loads(m.data)["kind"] == "volume_spike")
     assert message.attributes["keyword"] == "acme" and message.attributes["kind"] == "volume_spike"
+    window_start = dt.datetime.fromtimestamp(job["burst_start"], tz=dt.timezone.utc).isoformat()
+    assert message.attributes["alert_id"] == f"acme|{window_start}|volume_spike"
     # The same alert is in the alerts table.
     table = sql(job["out"], "SELECT keyword, kind, value FROM alerts WHERE kind = 'volume_spike'")
     assert table == [("acme", "volume_spike", 15.0)]
