@@ -86,37 +86,88 @@ def test_no_alert_without_enough_posts_or_history():
     assert evaluate(WindowFigures(240.0, 300.0, 50, 50), history([(0.1, 20)] * 4), AlertSpec()) == []
 
 
-class _State:
-    """A ReadModifyWriteState's read/write, for calling the alert DoFn without a runner."""
-
-    def __init__(self):
-        self.value = None
-
-    def read(self):
-        return self.value
-
-    def write(self, value):
-        self.value = value
+T0 = dt.datetime(2026, 11, 24, 14, 0, tzinfo=UTC)
 
 
-def _window(start_min, posts, negative, pane=0):
-    start = dt.datetime(2026, 11, 24, 14, start_min, tzinfo=UTC)
+def _window(minute, posts, negative, pane=0, timing="ON_TIME"):
+    start = T0 + dt.timedelta(minutes=minute)
     return {"window_start": start, "window_end": start + dt.timedelta(minutes=1), "keyword": "acme",
-            "lang": "*", "posts": posts, "negative": negative, "pane_index": pane, "_sample_post_ids": ["p1"]}
+            "lang": "*", "posts": posts, "negative": negative, "pane_index": pane, "pane_timing": timing,
+            "_sample_post_ids": ["p1"]}
 
 
-def test_a_window_alerts_once_per_kind_whatever_its_panes():
-    from transforms.alerts import _DetectSurges
-    fn = _DetectSurges(AlertSpec(baseline_windows=10, min_baseline_windows=5, min_posts=10, zscore=3.0), 600)
-    history, alerted = _State(), _State()
-    alerts = []
-    for minute in range(6):  # a quiet baseline: 4 posts a window, none negative
-        alerts += list(fn.process(("acme", _window(minute, 4, 0)), history, alerted))
-    assert alerts == []
-    for pane, (posts, negative) in enumerate([(20, 15), (30, 25), (40, 35)]):  # every pane crosses
-        alerts += list(fn.process(("acme", _window(6, posts, negative, pane)), history, alerted))
-    assert sorted(a["kind"] for a in alerts) == ["negative_surge", "volume_spike"]
-    assert {a["value"] for a in alerts if a["kind"] == "negative_surge"} == {15 / 20}  # the first pane's
-    # The next window can alert again.
-    more = list(fn.process(("acme", _window(7, 200, 55)), history, alerted))
-    assert [a["kind"] for a in more] == ["volume_spike"]
+def _at_end(row):
+    """A pane as the aggregation emits it: timestamped at the end of its window."""
+    from apache_beam.transforms.window import TimestampedValue
+    return TimestampedValue(row, row["window_end"].timestamp() - 1e-6)
+
+
+class _Record(object):
+    """Appends each alert to a file (assert_that's own grouping would drop what the end-of-stream
+    timer emits at the end of the global window)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __call__(self, alert):
+        import json
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps([(alert["window_start"] - T0).total_seconds() // 60, alert["kind"], alert["value"]]) + "\n")
+
+
+def _assert_alerts(stream, expected):
+    import json
+    import tempfile
+
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    from transforms.alerts import DetectSurges
+    options = PipelineOptions()
+    options.view_as(StandardOptions).streaming = True
+    p = TestPipeline(runner="BundleBasedDirectRunner", options=options)
+    spec = AlertSpec(baseline_windows=10, min_baseline_windows=5, min_posts=10, zscore=3.0)
+    with tempfile.NamedTemporaryFile(suffix=".jsonl") as out:
+        _ = p | stream | DetectSurges(spec, 600) | beam.Map(_Record(out.name))
+        p.run().wait_until_finish()
+        with open(out.name, encoding="utf-8") as f:
+            got = sorted(tuple(json.loads(line)) for line in f)
+    assert got == sorted(expected)
+
+
+QUIET = [_window(minute, 4, 0) for minute in range(6)]  # a quiet baseline: 4 posts a window, none negative
+SURGE = [_window(6, 20, 15, 0, "EARLY"), _window(6, 30, 25, 1, "EARLY"), _window(6, 40, 35, 2, "ON_TIME")]
+
+
+def test_a_window_alerts_once_per_kind_on_its_complete_figures_whatever_its_panes():
+    from apache_beam.testing.test_stream import TestStream
+    stream = (TestStream()
+              .add_elements([_at_end(r) for r in QUIET])
+              .advance_watermark_to((T0 + dt.timedelta(minutes=6)).timestamp())
+              .add_elements([_at_end(r) for r in SURGE])  # every pane crosses the threshold
+              .advance_watermark_to((T0 + dt.timedelta(minutes=7, seconds=1)).timestamp())
+              .add_elements([_at_end(_window(6, 50, 45, 3, "LATE"))])  # a correction: no second alert
+              .advance_watermark_to_infinity())
+    _assert_alerts(stream, [(6, "negative_surge", 35 / 40), (6, "volume_spike", 40.0)])
+
+
+def test_the_same_panes_in_another_order_give_the_same_alerts():
+    from apache_beam.testing.test_stream import TestStream
+    # The burst window's panes arrive before most of its baseline's (all before the watermark
+    # passes them): judged on arrival, the baseline would be half there.
+    stream = (TestStream()
+              .add_elements([_at_end(SURGE[0]), _at_end(QUIET[5]), _at_end(SURGE[1])])
+              .add_elements([_at_end(r) for r in reversed(QUIET[:5])] + [_at_end(SURGE[2])])
+              .advance_watermark_to_infinity())
+    _assert_alerts(stream, [(6, "negative_surge", 35 / 40), (6, "volume_spike", 40.0)])
+
+
+def test_a_late_correction_that_crosses_alerts_then():
+    from apache_beam.testing.test_stream import TestStream
+    stream = (TestStream()
+              .add_elements([_at_end(r) for r in QUIET] + [_at_end(_window(6, 5, 0, 0, "ON_TIME"))])
+              .advance_watermark_to((T0 + dt.timedelta(minutes=7, seconds=1)).timestamp())
+              .add_elements([_at_end(_window(6, 40, 35, 1, "LATE"))])
+              .advance_watermark_to_infinity())
+    _assert_alerts(stream, [(6, "negative_surge", 35 / 40), (6, "volume_spike", 40.0)])
