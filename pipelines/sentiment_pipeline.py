@@ -4,7 +4,7 @@
     pulse run --input projects/P/subscriptions/S --output out --run_for 600
     pulse run --input projects/P/subscriptions/S --output P:DATASET --runner DataflowRunner ...
 
-    ReadPosts -> ParsePosts -> WindowPosts -> Deduplicate -> Clean -> Score
+    ReadPosts -> ParsePosts -> CheckEventTime -> Deduplicate -> WindowPosts -> Clean -> Score
       -> scored_posts, Aggregate -> sentiment_windows, Alert -> alerts (+ topic),
          Review -> review_queue;  every failure -> dead_letters
 
@@ -38,7 +38,7 @@ from transforms.dedup import Deduplicate
 from transforms.inference import ReviewQueue, ScorePosts
 from transforms.parse import NAMESPACE, ParsePosts
 from transforms.preprocess import Clean
-from transforms.windowing import WindowPosts
+from transforms.windowing import StampEventTime
 
 _LOG = logging.getLogger("pulse")
 DIRECT_RUNNERS = {None, "DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner"}
@@ -50,9 +50,10 @@ def build_pipeline(p: beam.Pipeline, source: beam.PTransform, sinks: beam.PTrans
     wspec = window_spec(options)
     messages = p | "ReadPosts" >> source
     parsed = messages | "ParsePosts" >> ParsePosts()
-    windowed = parsed["posts"] | "WindowPosts" >> WindowPosts(wspec, options.max_future_skew)
-    unique = windowed["posts"] | "Deduplicate" >> Deduplicate()
-    cleaned = unique | "Clean" >> Clean()
+    stamped = parsed["posts"] | "CheckEventTime" >> StampEventTime(wspec, options.max_future_skew)
+    unique = stamped["posts"] | "Deduplicate" >> Deduplicate(wspec.post_window_s, wspec.allowed_lateness_s)
+    windowed = unique | "WindowPosts" >> wspec.post_windows()
+    cleaned = windowed | "Clean" >> Clean()
     scored = cleaned["posts"] | "Score" >> ScorePosts(model_handler, spec)
     windows = (scored["scored"]
                | "Aggregate" >> WindowedSentiment(wspec.aggregate_windows(), options.review_threshold))
@@ -60,7 +61,7 @@ def build_pipeline(p: beam.Pipeline, source: beam.PTransform, sinks: beam.PTrans
     review = scored["scored"] | "Review" >> ReviewQueue(options.review_threshold)
     dead = [
         pcoll | f"DeadLetters{stage}ToGlobalWindow" >> beam.WindowInto(window.GlobalWindows())
-        for stage, pcoll in (("Parse", parsed["dead_letters"]), ("Window", windowed["dead_letters"]),
+        for stage, pcoll in (("Parse", parsed["dead_letters"]), ("Window", stamped["dead_letters"]),
                              ("Clean", cleaned["dead_letters"]), ("Score", scored["dead_letters"]))
     ]
     tables = {

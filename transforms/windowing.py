@@ -136,10 +136,12 @@ class _EventTimeGate(beam.DoFn):
         yield TimestampedValue(post, event_time)
 
 
-class WindowPosts(beam.PTransform):
-    """Post -> {"posts": Posts in event-time windows, "dead_letters": posts whose event time is unusable}.
+class StampEventTime(beam.PTransform):
+    """Post -> {"posts": Posts stamped with their event time (still in the source's global window),
+    "dead_letters": posts whose event time is unusable}. See `_EventTimeGate`.
 
-    A post later than the allowed lateness stays a post: see `_EventTimeGate`.
+    The job de-duplicates between this step and the windowing (dedup state lives in the
+    global window), so the two are separate steps there.
     """
 
     def __init__(self, spec: WindowSpec, max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S):
@@ -150,5 +152,21 @@ class WindowPosts(beam.PTransform):
     def expand(self, posts):
         gated = posts | "CheckAndStampEventTime" >> beam.ParDo(
             _EventTimeGate(self.spec, self.max_future_skew_s)).with_outputs("dead_letters", main="posts")
-        windowed = gated.posts | "WindowByEventTime" >> self.spec.post_windows()
-        return {"posts": windowed, "dead_letters": gated.dead_letters}
+        return {"posts": gated.posts, "dead_letters": gated.dead_letters}
+
+
+class WindowPosts(beam.PTransform):
+    """Post -> {"posts": Posts in event-time windows, "dead_letters": posts whose event time is unusable}.
+
+    StampEventTime, then the windows. A post later than the allowed lateness stays a post.
+    """
+
+    def __init__(self, spec: WindowSpec, max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S):
+        super().__init__()
+        self.spec = spec
+        self.max_future_skew_s = max_future_skew_s
+
+    def expand(self, posts):
+        gated = posts | "StampEventTime" >> StampEventTime(self.spec, self.max_future_skew_s)
+        windowed = gated["posts"] | "WindowByEventTime" >> self.spec.post_windows()
+        return {"posts": windowed, "dead_letters": gated["dead_letters"]}
