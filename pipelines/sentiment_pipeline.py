@@ -103,8 +103,13 @@ def load_model(options: SentimentOptions):
 
 def counters(result) -> dict[str, int]:
     """The job's Beam Metrics counters (committed values), by name."""
+    return counter_values(result.metrics())
+
+
+def counter_values(metrics) -> dict[str, int]:
+    """The job's counters in a MetricResults (a finished job's, or a running one's), by name."""
     out = {}
-    for c in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
+    for c in metrics.query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
         value = c.committed if c.committed is not None else c.attempted
         out[c.key.metric.name] = out.get(c.key.metric.name, 0) + (value or 0)
     return out
@@ -184,12 +189,7 @@ class JobEnd(NamedTuple):
 
 def _written_check(metrics) -> tuple[bool, str]:
     """The Pub/Sub reader's gate: has every message read so far been written (per `accounting`)?"""
-
-    class _Live:
-        def metrics(self):
-            return metrics
-
-    return accounting(counters(_Live()))
+    return accounting(counter_values(metrics))
 
 
 def _check_brokers(sentiment: SentimentOptions, options: PipelineOptions) -> None:

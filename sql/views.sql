@@ -29,7 +29,7 @@ QUALIFY ROW_NUMBER() OVER (
   ORDER BY processed_at DESC, model_version DESC
 ) = 1;
 
--- One row per dead letter (stage, reason, payload, attributes): the first received.
+-- One row per dead letter (stage, reason, payload, attributes, message_id): the first received.
 CREATE OR REPLACE VIEW ${dataset}.dead_letters_unique AS
 SELECT *
 FROM ${dataset}.dead_letters

@@ -240,23 +240,17 @@ class _ParseDoFn(beam.DoFn):
         except ParseError as e:
             (self.dead_window if e.stage == "window" else self.dead).inc()
             yield beam.pvalue.TaggedOutput("dead_letters", dead_letter(
-                e.stage, str(e), _as_bytes(getattr(message, "data", message)),
-                _safe_attributes(getattr(message, "attributes", None)), message_id=getattr(message, "message_id", None)))
+                e.stage, str(e), getattr(message, "data", message), getattr(message, "attributes", None),
+                message_id=getattr(message, "message_id", None)))
             return
         except Exception as e:  # noqa: BLE001  (whatever a message holds, it ends somewhere)
             self.dead.inc()
             yield beam.pvalue.TaggedOutput("dead_letters", dead_letter(
-                "parse", f"unparseable message: {describe_error(e)}", _as_bytes(getattr(message, "data", message)),
-                _safe_attributes(getattr(message, "attributes", None)), message_id=getattr(message, "message_id", None)))
+                "parse", f"unparseable message: {describe_error(e)}", getattr(message, "data", message),
+                getattr(message, "attributes", None), message_id=getattr(message, "message_id", None)))
             return
         self.parsed.inc()
         yield post
-
-
-def _as_bytes(data) -> bytes:
-    if isinstance(data, (bytes, bytearray)):
-        return bytes(data)
-    return repr(data).encode("utf-8", "backslashreplace")
 
 
 def _safe_attributes(attributes) -> dict:

@@ -55,12 +55,14 @@ def safe_reason(reason) -> str:
 
 def dead_letter(stage: str, reason: str, payload: bytes | None, attributes: dict | None,
                 received_at: dt.datetime | None = None, message_id: str | None = None) -> dict:
-    """A DeadLetter row. `payload` is kept byte for byte; attributes become a JSON object.
+    """A DeadLetter row. `payload` is kept byte for byte (anything but bytes is stored as its
+    repr); attributes become a JSON object.
 
     The reason and attributes are made storable here (valid Unicode, bounded), so a dead
     letter can always be written whatever the message held.
     """
-    attrs = {repair_text(str(k)): repair_text(str(v)) for k, v in (attributes or {}).items()}
+    attrs = ({repair_text(str(k)): repair_text(str(v)) for k, v in attributes.items()}
+             if isinstance(attributes, dict) else {})
     if payload is not None and not isinstance(payload, bytes):
         payload = bytes(payload) if isinstance(payload, bytearray) else repr(payload).encode("utf-8", "backslashreplace")
     return {
