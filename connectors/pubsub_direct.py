@@ -18,7 +18,9 @@ with the runner the way Beam registers its test evaluators. Each call of the eva
    (pipelines/ passes its accounting: read = scored + duplicates + dead letters, all of
    them stored), acknowledges them: only written messages are ever acknowledged;
 2. pulls up to `max_messages` (500) with synchronous pulls, and emits them as one bundle
-   of RawMessage, each timestamped with its publish time;
+   of RawMessage, each timestamped with its publish time; it stops filling a bundle when
+   a pull returns less than a full page (the broker had no more ready) or after
+   `GATHER_S`, so a trickle is handed over at once rather than held to fill a bundle;
 3. holds the source's watermark at the start of its last successful pull (wall clock, as
    Beam's own evaluator does), or, while a full batch shows a backlog, at the newest
    publish time read so far; so the watermark does not advance while the broker is
@@ -66,6 +68,8 @@ BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 10.0
 IDLE_POLL_S = 1.5  # deadline of a pull that may wait for messages (the emulator answers after deadline - 1 s)
 NEXT_POLL_S = 1.0  # deadline of the follow-up pulls that fill a bundle
+PAGE = 100  # a pull that returns fewer messages than this has emptied what the broker had ready
+GATHER_S = 0.25  # seconds a bundle may spend filling up before it is handed over
 _GLOBAL = (GlobalWindow(),)
 
 
@@ -248,9 +252,11 @@ class Reader:
                 except gexc.DeadlineExceeded:
                     break  # an empty long poll on real Pub/Sub
                 page = type(response).pb(response).received_messages
-                if not page:
-                    break
                 received.extend(page)
+                # Hand over what is there unless the broker is clearly holding more (a full
+                # page) and the bundle is young: a trickle is not held back to fill a bundle.
+                if len(page) < PAGE or time.time() - started > GATHER_S:
+                    break
                 deadline = NEXT_POLL_S
         except Exception as e:  # noqa: BLE001  (every broker error is an outage to wait out)
             if not received:

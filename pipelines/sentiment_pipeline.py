@@ -27,7 +27,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from apache_beam.runners.runner import PipelineState
 from apache_beam.transforms import window
 
-from pipelines import direct_runner_metrics, direct_runner_triggers
+from pipelines import direct_runner_metrics, direct_runner_specs, direct_runner_state, direct_runner_triggers
 from connectors.pubsub import PublishAlerts, PubSubError, ReadPosts, check_pubsub, is_pubsub_path
 from connectors.replay import ReplayPosts
 from pipelines.options import (OptionsError, SentimentOptions, alert_spec, check_flags, output_kind,
@@ -290,6 +290,8 @@ def run(argv: list[str] | None = None, model=None, stop: StopRequest | None = No
         standard.runner = "BundleBasedDirectRunner"
         direct_runner_metrics.install()
         direct_runner_triggers.install()  # a drained job must be able to reach DONE
+        direct_runner_state.install()  # keys whose state is gone stop costing timer scans
+        direct_runner_specs.install()  # a DoFn's signature inspected once, not per bundle
     if model is None:
         try:
             model = load_model(sentiment)

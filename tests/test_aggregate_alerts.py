@@ -3,7 +3,9 @@ import datetime as dt
 
 import pytest
 
-from transforms.aggregate import SentimentStatsFn, Stats, add_post, keys_of, merge, window_row
+from apache_beam.transforms.window import IntervalWindow
+
+from transforms.aggregate import MergeStatsFn, Stats, _StatsPerBundle, add_post, keys_of, merge, window_row
 from transforms.alerts import AlertSpec, WindowFigures, evaluate
 
 UTC = dt.timezone.utc
@@ -19,16 +21,29 @@ def test_each_post_counts_under_four_keys():
         ("acme", "en"), ("acme", "*"), ("*", "en"), ("*", "*")]
 
 
+def bundle_partials(rows, win, low_confidence_below=0.5):
+    """The lifted combine's first half over one bundle: {(window, key): Stats}."""
+    fn = _StatsPerBundle(low_confidence_below)
+    fn.start_bundle()
+    for r in rows:
+        assert list(fn.process(r, win=win) or ()) == []
+    out = {}
+    for wv in fn.finish_bundle():
+        (key, stats), = [wv.value]
+        assert wv.timestamp == win.max_timestamp() and list(wv.windows) == [win]
+        out[(wv.windows[0], key)] = stats
+    return out
+
+
 def test_stats_arithmetic_and_row():
-    fn = SentimentStatsFn(low_confidence_below=0.5)
     rows = [row("1", "negative", -0.8), row("2", "negative", -0.2, confidence=0.4),
             row("3", "positive", 0.6, tokens=6, oov=0), row("4", "neutral", 0.0), row("5", "negative", -0.9)]
-    acc = fn.create_accumulator()
-    for r in rows[:2]:
-        acc = fn.add_input(acc, r)
-    other = fn.create_accumulator()
-    for r in rows[2:]:
-        other = fn.add_input(other, r)
+    win = IntervalWindow(60, 120)
+    first, second = bundle_partials(rows[:2], win), bundle_partials(rows[2:], win)
+    assert set(first) == {(win, key) for key, _ in keys_of(rows[0])}  # four keys per (keyword, lang)
+    fn = MergeStatsFn()
+    acc = fn.add_input(fn.create_accumulator(), first[(win, ("acme", "*"))])
+    other = fn.add_input(fn.create_accumulator(), second[(win, ("acme", "*"))])
     stats = fn.extract_output(fn.merge_accumulators([acc, other]))
     assert (stats.posts, stats.positive, stats.neutral, stats.negative, stats.low_confidence) == (5, 1, 1, 3, 1)
     out = window_row(("acme", "*"), stats, 60.0, 120.0, 2, "LATE")
@@ -38,6 +53,20 @@ def test_stats_arithmetic_and_row():
     assert out["_sample_post_ids"] == ["5", "1", "2"]  # most negative first
     assert out["window_start"] == dt.datetime(1970, 1, 1, 0, 1, tzinfo=UTC)
     assert (out["pane_index"], out["pane_timing"], out["model_version"]) == (2, "LATE", "v1")
+
+
+def test_a_bundle_sums_each_key_once_and_leaves_out_posts_beyond_lateness():
+    win = IntervalWindow(0, 60)
+    rows = [row("1", "negative", -0.5), row("2", "positive", 0.5, keyword="globex"),
+            row("3", "neutral", 0.0, lang="de"), {**row("4", "negative", -0.9), "beyond_lateness": True}]
+    partials = bundle_partials(rows, win)
+    posts = {key: stats.posts for (_, key), stats in partials.items()}
+    assert posts == {("acme", "en"): 1, ("acme", "*"): 2, ("*", "en"): 2, ("*", "*"): 3,
+                     ("globex", "en"): 1, ("globex", "*"): 1, ("acme", "de"): 1, ("*", "de"): 1}
+    one_by_one = Stats()
+    for r in rows[:3]:
+        one_by_one = add_post(one_by_one, r, 0.5)
+    assert partials[(win, ("*", "*"))] == one_by_one
 
 
 def test_merge_is_order_independent():

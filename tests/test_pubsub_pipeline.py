@@ -81,13 +81,14 @@ def job(pubsub_emulator, tiny_bundled_model, tmp_path_factory):
         publisher.publish(messages)
         publisher.close()
         out = str(tmp_path_factory.mktemp("pubsub_job") / "out")
+        started = time.time()
         result = sentiment_pipeline.run([
             "--input", subscription, "--output", out, "--model", str(tiny_bundled_model),
             "--run_for", str(RUN_FOR_S), "--window_size", str(WINDOW_S), "--early_firing", "2",
             "--alerts_topic", alerts_topic, "--alert_baseline_windows", "6", "--alert_min_posts", "10"])
         alerts = pubsub_emulator.pull_all(alerts_subscription, idle_s=3)
         yield {"result": result, "posts": posts, "duplicates": duplicates, "out": out,
-               "alerts": alerts, "burst_start": burst_start}
+               "alerts": alerts, "burst_start": burst_start, "stop_requested_at": started + RUN_FOR_S}
     finally:
         if previous is None:
             os.environ.pop("PUBSUB_EMULATOR_HOST", None)
@@ -133,6 +134,22 @@ def test_tables_hold_every_post_once_and_every_bad_message(job):
     assert ok, line
     assert counters["read"] == len(posts) + len(job["duplicates"]) + len(MALFORMED + HOSTILE_PARSE + HOSTILE_WINDOW) + 1
     assert counters["duplicates"] == len(job["duplicates"])
+
+
+def test_panes_fire_on_time_after_traffic_stops(job):
+    """Every message was published before the job started; nothing arrives after. The burst
+    window still gets its on-time pane when the clock passes its end, while the job runs,
+    not only when the drain at --run_for closes every window (a quiet keyword must not look frozen)."""
+    window_start = dt.datetime.fromtimestamp(job["burst_start"], tz=dt.timezone.utc)
+    panes = sql(job["out"], f"""
+        SELECT pane_timing, posts, epoch(emitted_at) FROM sentiment_windows
+        WHERE keyword = 'acme' AND lang = '*' AND window_start = TIMESTAMP '{window_start:%Y-%m-%d %H:%M:%S}'
+        ORDER BY pane_index""")
+    on_time = [(posts, at) for timing, posts, at in panes if timing == "ON_TIME"]
+    assert on_time, panes
+    posts, emitted_at = on_time[0]
+    assert posts == 15
+    assert job["burst_start"] + WINDOW_S <= emitted_at < job["stop_requested_at"], (panes, job["stop_requested_at"])
 
 
 def test_alerts_arrive_on_the_alerts_topic(job):
