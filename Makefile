@@ -9,14 +9,15 @@ export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup data train run test bench lock clean
+.PHONY: help setup data train run test bench bench-live lock clean
 
 help:
 	@echo "make run    - set up .venv, build the sample stream, run the job, print a SQL summary"
 	@echo "make test   - set up if needed and run the whole test suite"
 	@echo "make data   - fetch the labelled corpora (vaderSentiment 3.3.2 sdist) and build the sample stream"
 	@echo "make train  - retrain the bundled model into models/bundled/"
-	@echo "make bench  - benchmarks (bench/README.md)"
+	@echo "make bench  - benchmarks (bench/README.md): serving, then live through the Pub/Sub emulator"
+	@echo "make bench-live - the live benchmark only (BENCH_MINUTES=10 for the soak, BENCH_RATES=100,500,1000)"
 
 # The virtual environment is rebuilt when the pins change.
 $(VENV)/.stamp: requirements.lock setup.py
@@ -48,8 +49,16 @@ run: $(DATA)/.stamp
 test: $(DATA)/.stamp
 	$(VENV)/bin/pytest
 
+# The live benchmark publishes for BENCH_MINUTES per rate (10 for the soak: make bench BENCH_MINUTES=10).
+BENCH_MINUTES ?= 1
+BENCH_RATES ?= 100,500,1000
+
 bench: $(DATA)/.stamp
 	$(PY) -m bench.run_all --data $(DATA)
+	$(PY) -m bench.live --rates $(BENCH_RATES) --minutes $(BENCH_MINUTES)
+
+bench-live: $(VENV)/.stamp
+	$(PY) -m bench.live --rates $(BENCH_RATES) --minutes $(BENCH_MINUTES)
 
 # Re-resolve requirements.in into requirements.lock (needs network to PyPI).
 lock:
