@@ -9,7 +9,8 @@ window and key (`_StatsPerBundle`, one partial Stats per window and key per bund
 the GroupByKey merges those. Beam's Python DirectRunner does not lift combiners in a
 streaming job, and grouping every post four times cost a trigger evaluation per post and
 key (11 % of the job's time); a post that arrives after its window's on-time pane then
-fires one late pane per bundle, not one per post. Panes accumulate (see transforms/windowing.py), so every pane restates the
+fires one late pane per bundle, not one per post. Panes accumulate (see
+transforms/windowing.py), so every pane restates the
 window in full and carries its index and timing (EARLY, ON_TIME, LATE). The figures are
 plain sums that SQL over scored_posts reproduces exactly (sql/ and the end-to-end test).
 

@@ -6,8 +6,9 @@
 
 Why these windows and triggers: analysts want a complaint surge minutes after it
 starts, so every window fires early (every `early_firing_s` of processing time), on
-time when the watermark passes its end, and once more per late post for
-`allowed_lateness_s` after that. Panes ACCUMULATE: each pane restates the whole window,
+time when the watermark passes its end, and once more per late element for
+`allowed_lateness_s` after that (the aggregation sums each bundle's posts first, so that is
+a late pane per bundle of late posts, see transforms/aggregate.py). Panes ACCUMULATE: each pane restates the whole window,
 so the latest pane is the answer (`sentiment_windows_latest`).
 
 A future-dated post never becomes an element timestamp, so it cannot move a watermark,
