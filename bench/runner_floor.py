@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -183,6 +184,7 @@ def main(argv=None) -> int:
         rows.append(("Create -> Map -> Map, PortableRunner + local job service (bounded)", portable_bounded))
     finally:
         process.stop(signal.SIGTERM)
+        shutil.rmtree(workdir, ignore_errors=True)
     width = max(len(name) for name, _ in rows)
     print(f"\n{n} messages each; msg/s from the first message to the last (bounded rows: whole run)")
     for name, rate in rows:
