@@ -49,10 +49,9 @@ def trivial_direct(subscription: str, n: int) -> float:
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
     from connectors import pubsub_direct
-    from pipelines import direct_runner_metrics, direct_runner_specs, direct_runner_state, direct_runner_triggers
+    from pipelines.sentiment_pipeline import install_direct_runner_fixes
 
-    for fix in (direct_runner_metrics, direct_runner_triggers, direct_runner_state, direct_runner_specs):
-        fix.install()
+    install_direct_runner_fixes()
     reader_id = uuid.uuid4().hex
     span: list[float] = []
 

@@ -40,7 +40,7 @@ import threading
 
 from apache_beam.transforms import trigger as beam_trigger
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.utils.timestamp import MAX_TIMESTAMP
+from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP
 
 _LOCK = threading.Lock()
 _INSTALLED = False
@@ -85,10 +85,9 @@ def install() -> None:
         original_elements = driver.process_elements
         original_timer = driver.process_timer
 
-        def process_elements(self, state, windowed_values, output_watermark, input_watermark=None):
+        def process_elements(self, state, windowed_values, output_watermark, input_watermark=MIN_TIMESTAMP):
             windowed_values = list(windowed_values)
-            args = () if input_watermark is None else (input_watermark,)
-            out = list(original_elements(self, state, windowed_values, output_watermark, *args))
+            out = list(original_elements(self, state, windowed_values, output_watermark, input_watermark))
             adapter = beam_trigger.MergeableStateAdapter(state) if self.is_merging else state
             known = set(adapter.known_windows()) if self.is_merging else None
             for window in {w for wv in windowed_values for w in wv.windows}:
