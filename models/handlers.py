@@ -5,10 +5,13 @@
 
 `create_model_handler(model)` accepts:
 
-- `"bundled"`: the committed SavedModel in `models/bundled/` (see models/export.py);
-- a local directory holding a SavedModel + `model.json` (the model contract);
-- a local directory holding a Hugging Face checkpoint (`config.json` + `tf_model.h5` /
-  `model.safetensors` + tokenizer files), served by models/hf.py;
+- `"bundled"`: the committed SavedModel in `models/bundled/` (see models/export.py), found by
+  name inside the package where it is loaded (a worker's site-packages, not the launcher's path);
+- a directory holding a SavedModel + `model.json` (the model contract): local, or any URI
+  Beam's FileSystems reads (`gs://bucket/models/sentiment`), copied to the worker when it loads
+  (models/locations.py);
+- a directory holding a Hugging Face checkpoint (`config.json` + `tf_model.h5` /
+  `model.safetensors` + tokenizer files), local or gs://, served by models/hf.py;
 - `"tfx:<dir>"` (or `"tfx:bundled"`): the same SavedModel served through tfx-bsl (models/tfx_serving.py);
 - `"hf:<hub name>"`, e.g. `hf:nlptown/bert-base-multilingual-uncased-sentiment` (needs network,
   or the model in the local Hugging Face cache).
@@ -17,22 +20,28 @@ Every handler takes examples `str` (the cleaned post text) and yields, in input 
 `PredictionResult(example=text, inference={"probabilities": float32 [C], "token_count": int|None,
 "oov_count": int|None})`. The pipeline wraps it in `KeyedModelHandler` and `RunInference`.
 
-The SavedModel path is Beam's own `TFModelHandlerTensor` (its `load_model` is
-`tf.keras.models.load_model`, which under TF_USE_LEGACY_KERAS=1 is tf_keras and loads the
-SavedModel) with `contract_inference_fn`: it calls the model's `serving_default` signature so the
-token and out-of-vocabulary counts (the drift signal) come back beside the probabilities.
+The SavedModel path is Beam's own `TFModelHandlerTensor` (models/savedmodel.py: its
+`load_model` is `tf.keras.models.load_model`, which under TF_USE_LEGACY_KERAS=1 is tf_keras and
+loads the SavedModel) with `contract_inference_fn`: it calls the model's `serving_default`
+signature so the token and out-of-vocabulary counts (the drift signal) come back beside the
+probabilities. `large_model` / `model_copies` are Beam's model sharing, for every kind.
+
+Imports: this module imports models.savedmodel, models.hf and models.tfx_serving (lazily);
+they import only models.serving and models.locations, never this module.
 """
 from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Iterable, NamedTuple, Optional, Sequence
+from typing import NamedTuple, Sequence
 
 import models  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-import numpy as np
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+from apache_beam.ml.inference.base import ModelHandler
 
+from models import locations
 from models.contracts import ModelSpec
+from models.locations import BUNDLED
+from models.serving import text_length  # noqa: F401  (re-exported: tests and callers use it here)
 
 
 def _restore_beam_memory_probe() -> None:
@@ -52,7 +61,7 @@ def _restore_beam_memory_probe() -> None:
 
 _restore_beam_memory_probe()
 
-BUNDLED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bundled")
+BUNDLED_DIR = locations.bundled_dir()  # this machine's copy; workers resolve "bundled" in their own package
 HF_PREFIX = "hf:"
 TFX_PREFIX = "tfx:"
 SPEC_FILE = "model.json"
@@ -63,19 +72,36 @@ HF_WEIGHT_FILES = ("tf_model.h5", "model.safetensors", "model.safetensors.index.
 
 class ModelSource(NamedTuple):
     """Where a model comes from: kind is "savedmodel" or "tfx" (a contract SavedModel directory, served
-    by Beam's TFModelHandlerTensor or by tfx-bsl) or "hf" (a checkpoint directory or hub name)."""
+    by Beam's TFModelHandlerTensor or by tfx-bsl) or "hf" (a checkpoint directory or hub name).
+
+    location is what the workers resolve when they load (models/locations.py): "bundled", a
+    URI read through Beam's FileSystems (gs://...), an absolute local directory, or a hub name.
+    """
 
     kind: str
     location: str
 
 
+def _top_level_names(location: str) -> set[str] | None:
+    """The names directly inside a model location, or None when it is not a directory there."""
+    if location == BUNDLED:
+        path = locations.bundled_dir()
+        return set(os.listdir(path)) if os.path.isdir(path) else None
+    if locations.is_remote(location):
+        try:
+            return {relative.split("/", 1)[0] for relative in locations.list_files(location)}
+        except FileNotFoundError:
+            return None
+    return set(os.listdir(location)) if os.path.isdir(location) else None
+
+
 def resolve_model(model: str) -> ModelSource:
     """A `--model` value -> ModelSource. Raises ValueError with one sentence for a user's mistake."""
     if not isinstance(model, str) or not model.strip():
-        raise ValueError("--model must be 'bundled', a model directory or 'hf:<hub name>'")
+        raise ValueError("--model must be 'bundled', a model directory (local or gs://) or 'hf:<hub name>'")
     model = model.strip()
     if model.startswith(TFX_PREFIX):
-        source = resolve_model(model[len(TFX_PREFIX):].strip() or "bundled")
+        source = resolve_model(model[len(TFX_PREFIX):].strip() or BUNDLED)
         if source.kind != "savedmodel":
             raise ValueError(f"{model}: tfx-bsl serves contract SavedModels only, not Hugging Face checkpoints")
         return ModelSource("tfx", source.location)
@@ -84,86 +110,46 @@ def resolve_model(model: str) -> ModelSource:
         if not name:
             raise ValueError("--model hf: needs a Hugging Face hub name, e.g. "
                              "hf:nlptown/bert-base-multilingual-uncased-sentiment")
-        if os.path.isdir(name):
+        if os.path.isdir(name) or locations.is_remote(name):
             return resolve_model(name)
         return ModelSource("hf", name)
-    path = BUNDLED_DIR if model == "bundled" else os.path.abspath(os.path.expanduser(model))
-    if not os.path.isdir(path):
-        if model == "bundled":
-            raise ValueError(f"the bundled model is missing: {path} does not exist (run `make train`)")
+    if model == BUNDLED:
+        location = BUNDLED
+    elif locations.is_remote(model):
+        location = model.rstrip("/")
+    else:
+        location = os.path.abspath(os.path.expanduser(model))
+    files = _top_level_names(location)
+    if files is None:
+        if model == BUNDLED:
+            raise ValueError(f"the bundled model is missing: {locations.bundled_dir()} does not exist (run `make train`)")
         raise ValueError(f"model directory {model} does not exist")
-    files = set(os.listdir(path))
     if files & set(SAVED_MODEL_FILES):
         if SPEC_FILE not in files:
             raise ValueError(f"{model} holds a SavedModel but no {SPEC_FILE} describing its classes")
-        return ModelSource("savedmodel", path)
+        return ModelSource("savedmodel", location)
     if "config.json" in files:
         if not files & set(HF_WEIGHT_FILES):
             raise ValueError(f"{model} holds a Hugging Face config.json but no weights "
                              f"({', '.join(HF_WEIGHT_FILES[:2])})")
-        return ModelSource("hf", path)
-    if model == "bundled":
-        raise ValueError(f"the bundled model is missing: {path} holds no SavedModel (run `make train`)")
+        return ModelSource("hf", location)
+    if model == BUNDLED:
+        raise ValueError(f"the bundled model is missing: {locations.bundled_dir()} holds no SavedModel (run `make train`)")
     raise ValueError(f"{model} is neither a SavedModel with {SPEC_FILE} nor a Hugging Face checkpoint")
 
 
-def _as_text(example) -> str:
-    if isinstance(example, str):
-        return example
-    if isinstance(example, bytes):
-        return example.decode("utf-8", errors="replace")
-    raise TypeError(f"model examples must be str, got {type(example).__name__}")
+def only_on_this_machine(source: ModelSource) -> bool:
+    """True for a model in a local directory: workers on other machines cannot read it."""
+    return os.path.isabs(source.location) and os.path.isdir(source.location)
 
 
-def text_length(example) -> int:
-    """Example `str` or keyed `(key, str)` -> its length in characters (Beam's length-aware batching).
+def load_spec(location: str) -> ModelSpec:
+    """The model.json of a contract SavedModel location (bundled, local or any FileSystems URI)."""
+    import json
 
-    KeyedModelHandler hands BatchElements the keyed tuples, so the text is the last item.
-    """
-    if isinstance(example, tuple):
-        example = example[-1]
-    return len(example) if isinstance(example, (str, bytes)) else 0
-
-
-def _int_or_none(values, i: int) -> int | None:
-    return None if values is None else int(values[i])
-
-
-def contract_inference_fn(model, batch: Sequence[str], inference_args: Optional[dict[str, Any]] = None,
-                          model_id: Optional[str] = None) -> Iterable[PredictionResult]:
-    """TFModelHandlerTensor inference_fn: texts `str [batch]` -> one PredictionResult per text, in order.
-
-    Calls the `serving_default` signature (probabilities + token/OOV counts); a model without
-    it is called directly and gives probabilities only.
-    """
-    import tensorflow as tf
-
-    texts = [_as_text(x) for x in batch]
-    if not texts:
-        return []
-    tensor = tf.constant(texts, dtype=tf.string)
-    signatures = getattr(model, "signatures", None)
-    serve = signatures.get("serving_default") if signatures is not None else None
-    tokens = oov = None
-    if serve is not None:
-        outputs = serve(text=tensor)
-        probabilities = outputs["probabilities"].numpy()
-        if "token_count" in outputs:
-            tokens = outputs["token_count"].numpy()
-        if "oov_count" in outputs:
-            oov = outputs["oov_count"].numpy()
-    else:
-        probabilities = np.asarray(model(tensor, training=False, **(inference_args or {})))
-    probabilities = probabilities.astype(np.float32, copy=False)
-    if probabilities.ndim != 2 or probabilities.shape[0] != len(texts):
-        raise ValueError(f"model returned probabilities of shape {probabilities.shape} for {len(texts)} texts")
-    return [
-        PredictionResult(example=text, inference={"probabilities": probabilities[i],
-                                                  "token_count": _int_or_none(tokens, i),
-                                                  "oov_count": _int_or_none(oov, i)},
-                         model_id=model_id)
-        for i, text in enumerate(texts)
-    ]
+    if location == BUNDLED:
+        return ModelSpec.load(locations.bundled_dir())
+    return ModelSpec.from_dict(json.loads(locations.read_bytes(location, SPEC_FILE)))
 
 
 def _batching(min_batch_size, max_batch_size, max_batch_duration_secs) -> dict:
@@ -174,39 +160,48 @@ def _batching(min_batch_size, max_batch_size, max_batch_duration_secs) -> dict:
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
-def savedmodel_handler(model_dir: str, **batching) -> ModelHandler:
-    """A contract SavedModel directory -> Beam's TFModelHandlerTensor with contract_inference_fn."""
-    from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerTensor
+def _sharing(large_model: bool, model_copies: int | None) -> dict:
+    """Beam's model sharing: model_copies N loads N models per worker machine, in processes of
+    their own, shared by every SDK process there (one per GPU); large_model alone means N = 1."""
+    if model_copies is not None and model_copies < 1:
+        raise ValueError(f"model_copies must be at least 1, got {model_copies}")
+    out = {}
+    if large_model:
+        out["large_model"] = True
+    if model_copies is not None:
+        out["model_copies"] = model_copies
+    return out
 
-    # compile=False: serving needs no optimizer or metrics, and skips a warning per worker.
-    return TFModelHandlerTensor(model_dir, inference_fn=contract_inference_fn,
-                                load_model_args={"compile": False}, **batching)
 
-
-def create_model_handler(model: str = "bundled", *, min_batch_size: int | None = None,
+def create_model_handler(model: str = BUNDLED, *, min_batch_size: int | None = None,
                          max_batch_size: int | None = None, max_batch_duration_secs: float | None = None,
-                         max_length: int | None = None) -> tuple[ModelHandler, ModelSpec]:
+                         max_length: int | None = None, large_model: bool = False,
+                         model_copies: int | None = None) -> tuple[ModelHandler, ModelSpec]:
     """`--model` value -> (ModelHandler of str examples, ModelSpec mapping its probabilities).
 
-    Nothing heavy happens here: the model loads in the handler's `load_model()` on the worker.
-    Raises ValueError (one sentence) for a missing or unrecognised model.
+    Nothing heavy happens here: the model loads in the handler's `load_model()` on the worker,
+    from the location resolved there. Raises ValueError (one sentence) for a missing or
+    unrecognised model.
     """
     source = resolve_model(model)
-    batching = _batching(min_batch_size, max_batch_size, max_batch_duration_secs)
+    kwargs = {**_batching(min_batch_size, max_batch_size, max_batch_duration_secs),
+              **_sharing(large_model, model_copies)}
     if source.kind in ("savedmodel", "tfx"):
         try:
-            spec = ModelSpec.load(source.location)
+            spec = load_spec(source.location)
         except (OSError, ValueError, TypeError) as e:
             raise ValueError(f"{model}/{SPEC_FILE} is not a valid model description: {e}") from None
         # max_length is the bundled graph's own (its TextVectorization truncates at it).
         if source.kind == "tfx":
-            from models.tfx_serving import TfxContractHandler, saved_model_spec
+            from models.tfx_serving import TfxContractHandler
 
-            return TfxContractHandler(saved_model_spec(source.location), **batching), spec
-        return savedmodel_handler(source.location, **batching), spec
+            return TfxContractHandler(source.location, **kwargs), spec
+        from models.savedmodel import ContractSavedModelHandler
+
+        return ContractSavedModelHandler(source.location, **kwargs), spec
     from models import hf
 
-    return hf.create_hf_handler(source.location, max_length=max_length, **batching)
+    return hf.create_hf_handler(source.location, max_length=max_length, **kwargs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,13 +35,16 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
 import models  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from models import locations
 from models.contracts import ModelSpec
+from models.serving import as_text, configure_devices, text_length  # noqa: F401  (configure_devices: hf.configure_devices)
 
 DEFAULT_MAX_LENGTH = 256
 # A sub-batch holds at most this many padded tokens (rows x width): about 64 tweets of 64
@@ -88,15 +91,18 @@ def spec_from_id2label(id2label: dict, *, version: str, name: str, max_length: i
                      version=version, name=name, max_length=max_length)
 
 
-def checkpoint_version(name_or_path: str, config) -> str:
-    """A stable model_version: 'hf:<name>@<hub commit or sha256 of config.json, 12 hex>'."""
+def checkpoint_version(name_or_path: str, config, config_bytes: bytes | None = None) -> str:
+    """A stable model_version: 'hf:<name>@<hub commit or sha256 of config.json, 12 hex>'.
+
+    A directory (local, or remote with its config.json's bytes given) is named by its last part.
+    """
     commit = getattr(config, "_commit_hash", None)
-    config_file = os.path.join(name_or_path, "config.json")
-    if os.path.isdir(name_or_path):
-        name = os.path.basename(os.path.normpath(name_or_path))
-        with open(config_file, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()[:12]
-        return f"hf:{name}@{digest}"
+    if config_bytes is None and os.path.isdir(name_or_path):
+        with open(os.path.join(name_or_path, "config.json"), "rb") as f:
+            config_bytes = f.read()
+    if config_bytes is not None:
+        name = os.path.basename(os.path.normpath(name_or_path.rstrip("/")))
+        return f"hf:{name}@{hashlib.sha256(config_bytes).hexdigest()[:12]}"
     if commit:
         return f"hf:{name_or_path}@{commit[:12]}"
     digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
@@ -178,25 +184,6 @@ def pad_sub_batch(tokenizer, encoded: Encoded, indices: Sequence[int],
     return {k: v.astype(np.int32) for k, v in padded.items() if k in tokenizer.model_input_names}
 
 
-# ---- devices ------------------------------------------------------------------------------
-
-def configure_devices() -> str:
-    """Turn on GPU memory growth (where a GPU exists) and return the device to place the model on.
-
-    Memory growth keeps TensorFlow from taking all GPU memory at start, which would starve a
-    second model copy (Beam's model_copies) or another process on the same GPU.
-    """
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    for gpu in gpus:
-        try:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:
-            pass  # the GPU was initialised before this call; growth cannot be changed any more
-    return "/GPU:0" if gpus else "/CPU:0"
-
-
 # ---- the loaded model and the handler -----------------------------------------------------
 
 class BertRunner:
@@ -267,14 +254,6 @@ class BertRunner:
                 for i, text in enumerate(texts)]
 
 
-def _as_text(example) -> str:
-    if isinstance(example, bytes):
-        return example.decode("utf-8", errors="replace")
-    if not isinstance(example, str):
-        raise TypeError(f"model examples must be str, got {type(example).__name__}")
-    return example
-
-
 class BertModelHandler(ModelHandler[str, PredictionResult, BertRunner]):
     """Beam ModelHandler: `str` examples -> PredictionResult (see module docstring).
 
@@ -287,8 +266,6 @@ class BertModelHandler(ModelHandler[str, PredictionResult, BertRunner]):
                  min_batch_size: int | None = None, max_batch_size: int | None = None,
                  max_batch_duration_secs: float | None = None, large_model: bool = False,
                  model_copies: int | None = None):
-        from models.handlers import text_length
-
         bucketed = max_batch_duration_secs is not None
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
                          max_batch_duration_secs=max_batch_duration_secs,
@@ -301,12 +278,13 @@ class BertModelHandler(ModelHandler[str, PredictionResult, BertRunner]):
         self.max_rows = max_rows
 
     def load_model(self) -> BertRunner:
-        return BertRunner.load(self.name_or_path, max_length=self.max_length,
+        # A gs:// checkpoint is copied to this machine first; a hub name or local directory is used as is.
+        return BertRunner.load(locations.local_dir(self.name_or_path), max_length=self.max_length,
                                max_batch_tokens=self.max_batch_tokens, max_rows=self.max_rows)
 
     def run_inference(self, batch: Sequence[str], model: BertRunner,
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
-        return model.predict([_as_text(x) for x in batch], model_id=self.name_or_path)
+        return model.predict([as_text(x) for x in batch], model_id=self.name_or_path)
 
     def validate_inference_args(self, inference_args: Optional[dict[str, Any]]):
         if inference_args:
@@ -320,14 +298,24 @@ def create_hf_handler(name_or_path: str, *, max_length: int | None = None,
                       **batching) -> tuple[BertModelHandler, ModelSpec]:
     """A checkpoint directory or hub name -> (BertModelHandler, ModelSpec from its id2label).
 
-    Reads only the config here (a hub name needs network or the local cache); raises
-    ValueError with one sentence when it cannot.
+    Reads only the config here (a hub name needs network or the local cache; a gs:// directory
+    is read through Beam's FileSystems); raises ValueError with one sentence when it cannot.
+    The weights load on the worker (`BertModelHandler.load_model`).
     """
     from transformers import AutoConfig
 
-    local = os.path.isdir(name_or_path)
+    remote = locations.is_remote(name_or_path)
+    local = remote or os.path.isdir(name_or_path)
+    config_bytes = None
     try:
-        config = AutoConfig.from_pretrained(name_or_path, local_files_only=local)
+        if remote:
+            config_bytes = locations.read_bytes(name_or_path, "config.json")
+            with tempfile.TemporaryDirectory() as tmp:
+                with open(os.path.join(tmp, "config.json"), "wb") as f:
+                    f.write(config_bytes)
+                config = AutoConfig.from_pretrained(tmp, local_files_only=True)
+        else:
+            config = AutoConfig.from_pretrained(name_or_path, local_files_only=local)
     except (OSError, ValueError) as e:
         where = "directory" if local else "hub model"
         raise ValueError(f"cannot read the Hugging Face config of {where} {name_or_path}: "
@@ -337,6 +325,7 @@ def create_hf_handler(name_or_path: str, *, max_length: int | None = None,
         raise ValueError(f"max_length {max_length} exceeds the model's {positions} positions")
     # Default: the product brief's 256 tokens, or fewer where the model has fewer positions.
     limit = max_length or min(DEFAULT_MAX_LENGTH, positions or DEFAULT_MAX_LENGTH)
-    spec = spec_from_id2label(config.id2label, version=checkpoint_version(name_or_path, config),
-                              name=os.path.basename(os.path.normpath(name_or_path)), max_length=limit)
+    spec = spec_from_id2label(config.id2label, version=checkpoint_version(name_or_path, config, config_bytes),
+                              name=os.path.basename(os.path.normpath(name_or_path.rstrip("/"))),
+                              max_length=limit)
     return BertModelHandler(name_or_path, max_length=limit, **batching), spec

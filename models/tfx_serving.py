@@ -24,6 +24,9 @@ import models  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from models import locations
+from models.serving import as_text, configure_devices
+
 SIGNATURE = "serving_default"
 
 
@@ -56,42 +59,49 @@ def prediction_log_to_inference(log) -> dict:
 
 
 class LoadedTfx:
-    """What load_model returns: tfx-bsl's handler and its loaded model (Beam's Shared needs a weak-referenceable object)."""
+    """What load_model returns: tfx-bsl's handler and its loaded model.
+
+    Scoring is a method (`score`) so that it also works through the proxy RunInference hands
+    out with `--model_copies` / `--large_model` (a model in another process).
+    """
 
     def __init__(self, inner, model):
         self.inner, self.model = inner, model
 
+    def score(self, texts: Sequence[str]) -> list[dict]:
+        logs = self.inner.run_inference([t.encode("utf-8") for t in texts], self.model)
+        return [prediction_log_to_inference(log) for log in logs]
+
 
 class TfxContractHandler(ModelHandler[str, PredictionResult, Any]):
-    """Beam ModelHandler: `str` examples -> PredictionResult, served by tfx-bsl (see module docstring)."""
+    """Beam ModelHandler: `str` examples -> PredictionResult, served by tfx-bsl (see module docstring).
 
-    def __init__(self, inference_spec_type, *, min_batch_size: int | None = None,
-                 max_batch_size: int | None = None, max_batch_duration_secs: float | None = None):
+    Holds the model's location (models/locations.py); the SavedModel spec proto is built in
+    `load_model()` from the directory that location resolves to on the worker.
+    """
+
+    def __init__(self, location: str, *, min_batch_size: int | None = None,
+                 max_batch_size: int | None = None, max_batch_duration_secs: float | None = None,
+                 large_model: bool = False, model_copies: int | None = None):
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
-                         max_batch_duration_secs=max_batch_duration_secs)
-        # The proto travels as bytes: pickles anywhere, whatever the protobuf runtime.
-        self._spec_bytes = inference_spec_type.SerializeToString()
+                         max_batch_duration_secs=max_batch_duration_secs, large_model=large_model,
+                         model_copies=model_copies)
+        self._location = location
 
-    def _inner(self):
+    def load_model(self) -> LoadedTfx:
         from tfx_bsl.public.beam.run_inference import CreateModelHandler
-        from tfx_bsl.public.proto import model_spec_pb2
 
-        return CreateModelHandler(model_spec_pb2.InferenceSpecType.FromString(self._spec_bytes))
-
-    def load_model(self):
-        inner = self._inner()
+        configure_devices()
+        inner = CreateModelHandler(saved_model_spec(locations.local_dir(self._location)))
         return LoadedTfx(inner, inner.load_model())
 
     def run_inference(self, batch: Sequence[str], model, inference_args: Optional[dict[str, Any]] = None
                       ) -> Iterable[PredictionResult]:
-        from models.handlers import _as_text
-
-        texts = [_as_text(x) for x in batch]
+        texts = [as_text(x) for x in batch]
         if not texts:
             return []
-        logs = model.inner.run_inference([t.encode("utf-8") for t in texts], model.model)
-        return [PredictionResult(example=text, inference=prediction_log_to_inference(log))
-                for text, log in zip(texts, logs)]
+        return [PredictionResult(example=text, inference=inference, model_id=self._location)
+                for text, inference in zip(texts, model.score(texts))]
 
     def get_metrics_namespace(self) -> str:
         return "SentimentPulse_TFX"
