@@ -58,6 +58,12 @@ class SentimentOptions(PipelineOptions):
         parser.add_argument("--min_batch_size", type=int, default=None)
         parser.add_argument("--max_batch_size", type=int, default=None)
         parser.add_argument("--max_batch_duration_secs", type=float, default=None)
+        parser.add_argument("--model_copies", type=int, default=None,
+                            help="load this many copies of the model per worker machine, each in a process of "
+                            "its own, shared by all SDK processes there (one per GPU; Beam's model_copies)")
+        parser.add_argument("--large_model", action="store_true", default=False,
+                            help="one copy of the model per worker machine, shared by all its SDK processes "
+                            "(Beam's large_model; the same as --model_copies 1)")
         parser.add_argument("--bq_method", default=None, choices=BQ_METHODS,
                             help="BigQuery write method (default STORAGE_WRITE_API)")
 
@@ -113,6 +119,8 @@ def validate_options(o: SentimentOptions) -> None:
         value = getattr(o, name)
         if value is not None and value < 1:
             raise OptionsError(f"--{name} must be at least 1")
+    if o.model_copies is not None and o.model_copies < 1:
+        raise OptionsError("--model_copies must be at least 1")
     if o.min_batch_size and o.max_batch_size and o.min_batch_size > o.max_batch_size:
         raise OptionsError("--min_batch_size cannot exceed --max_batch_size")
     try:

@@ -28,6 +28,7 @@ from apache_beam.runners.runner import PipelineState
 from apache_beam.transforms import window
 
 from pipelines import direct_runner_metrics, direct_runner_specs, direct_runner_state, direct_runner_triggers
+from pipelines.runners import Runner, RunnerError, identify
 from connectors.pubsub import PublishAlerts, PubSubError, ReadPosts, check_pubsub, is_pubsub_path
 from connectors.replay import ReplayPosts
 from pipelines.options import (OptionsError, SentimentOptions, alert_spec, check_flags, output_kind,
@@ -41,7 +42,6 @@ from transforms.preprocess import Clean
 from transforms.windowing import StampEventTime
 
 _LOG = logging.getLogger("pulse")
-DIRECT_RUNNERS = {None, "DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner"}
 
 
 def build_pipeline(p: beam.Pipeline, source: beam.PTransform, sinks: beam.PTransform,
@@ -95,18 +95,47 @@ def make_sinks(options: SentimentOptions) -> beam.PTransform:
     return WriteParquetTables(options.output)
 
 
-def make_source(options: SentimentOptions, runner: str | None) -> beam.PTransform:
+def make_source(options: SentimentOptions, runner: Runner) -> beam.PTransform:
     if is_pubsub_path(options.input):
-        return ReadPosts(options.input, on_dataflow=runner == "DataflowRunner")
+        return ReadPosts(options.input, on_dataflow=runner.is_dataflow)
     return ReplayPosts(options.input, speedup=options.speedup, tick_s=options.replay_tick,
-                       bounded=runner not in DIRECT_RUNNERS, max_future_skew_s=options.max_future_skew)
+                       bounded=not runner.is_direct, max_future_skew_s=options.max_future_skew)
 
 
 def load_model(options: SentimentOptions):
     from models.handlers import create_model_handler
     return create_model_handler(options.model, min_batch_size=options.min_batch_size,
                                 max_batch_size=options.max_batch_size,
-                                max_batch_duration_secs=options.max_batch_duration_secs)
+                                max_batch_duration_secs=options.max_batch_duration_secs,
+                                large_model=options.large_model, model_copies=options.model_copies)
+
+
+def check_paths_for_workers(sentiment: SentimentOptions, runner: Runner) -> None:
+    """Paths of this machine handed to workers that run elsewhere: one sentence at submit, not a
+    failure on every worker later. (A portable runner's PROCESS / EXTERNAL workers may share this
+    machine's files, a mount say: a warning there.)"""
+    if runner.workers == "here":
+        return
+    from models import locations
+    from models.handlers import only_on_this_machine, resolve_model
+
+    local = []
+    try:
+        source = resolve_model(sentiment.model)
+    except ValueError:
+        source = None  # load_model says what is wrong with it
+    if source is not None and only_on_this_machine(source):
+        local.append(("--model", sentiment.model, "a gs:// copy of the model directory, or 'bundled'"))
+    if not is_pubsub_path(sentiment.input) and locations.is_local_path(sentiment.input):
+        local.append(("--input", sentiment.input, "a gs:// file, or a Pub/Sub subscription"))
+    if output_kind(sentiment.output) == "parquet" and locations.is_local_path(sentiment.output):
+        local.append(("--output", sentiment.output, "a gs:// directory, or PROJECT:DATASET"))
+    for flag, value, instead in local:
+        where = f"the {runner.name} workers run on other machines and cannot read it"
+        if runner.workers == "elsewhere":
+            raise OptionsError(f"{flag} {value} is a path on this machine only; {where}: use {instead}")
+        _LOG.warning("%s %s is a path on this machine: the %s workers must see it at the same path "
+                     "(a shared mount), else use %s", flag, value, runner.name, instead)
 
 
 def counters(result) -> dict[str, int]:
@@ -123,17 +152,34 @@ def counter_values(metrics) -> dict[str, int]:
     return out
 
 
-def accounting(c: dict[str, int]) -> tuple[bool, str]:
+def attempted_only(result) -> bool:
+    """True when the runner reports attempted counts only (Dataflow streaming): a bundle that was
+    retried is counted once per attempt there, so those counts cannot be a balance."""
+    try:
+        found = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
+    except Exception:  # noqa: BLE001  (a dry run, or a runner without metrics: nothing to judge)
+        return False
+    return any(c.committed is None and c.attempted is not None for c in found)
+
+
+def accounting(c: dict[str, int], attempted: bool = False) -> tuple[bool, str]:
     """Does every message read end scored, as a duplicate, or as a dead letter, and is it stored?
 
     The steps count what they emit; the Parquet writer counts the rows it wrote
     (`rows_written_<table>`, incremented only after a file is in place). A message lost
     between a step and a file makes the two disagree, so it cannot read as balanced.
     Without sink counts (BigQuery) the line says that it checks the steps only.
+
+    `attempted`: the counts are attempted ones (see `attempted_only`); a runner's retry
+    inflates one step's count and not the others', so no balance is claimed either way, and
+    the line says so (`sink_accounting` checks from what was written instead).
     """
     dead = sum(v for k, v in c.items() if k.startswith("dead_letter_"))
     read, scored, dups = c.get("read", 0), c.get("scored", 0), c.get("duplicates", 0)
     line = f"read {read} = scored {scored} + duplicates {dups} + dead letters {dead}"
+    if attempted:
+        return True, (f"attempted counts (a retried bundle counts once per attempt, so they are no balance): "
+                      f"read {read}, scored {scored}, duplicates {dups}, dead letters {dead}")
     ok = read == scored + dups + dead
     if "rows_written_scored_posts" in c or "rows_written_dead_letters" in c:
         stored_scored = c.get("rows_written_scored_posts", 0)
@@ -154,6 +200,41 @@ def accounting(c: dict[str, int]) -> tuple[bool, str]:
         line += (f" ({'balanced' if ok else 'UNBALANCED: messages in flight or lost'};"
                  " counted at the steps: this sink reports no row counts)")
     return ok, line
+
+
+def sink_accounting(output: str, input_path: str, duplicates_counted: int | None = None,
+                    counted_exactly: bool = True) -> tuple[bool, str]:
+    """The balance from what the sinks hold, true on every runner: read = stored + duplicates.
+
+    read: the input file's lines (each line is one message), counted here. Stored: the
+    distinct rows of scored_posts and dead_letters (by the writer's row identities, so a
+    retried bundle that wrote a file again counts once). What is neither is a duplicate.
+    Balanced when that equals the duplicates the job counted; with attempted counts
+    (`counted_exactly=False`, a retry can count a duplicate twice) it may not exceed them.
+    For a Parquet output that held nothing before this run.
+    """
+    from connectors import duckdb_sql
+    from connectors.parquet import ROW_IDENTITY
+    from connectors.replay import iter_file_lines
+
+    read = sum(1 for _ in iter_file_lines(input_path))
+    stored = {}
+    for table in ("scored_posts", "dead_letters"):
+        identity = ", ".join(ROW_IDENTITY[table])
+        [(count,)] = duckdb_sql.query(output, f"SELECT count(*) FROM (SELECT DISTINCT {identity} FROM {table})")[1]
+        stored[table] = count
+    rest = read - stored["scored_posts"] - stored["dead_letters"]
+    line = (f"at the sinks: read {read} lines = {stored['scored_posts']} scored posts + "
+            f"{stored['dead_letters']} dead letters stored + {rest} duplicates")
+    if rest < 0:
+        return False, line + f" (UNBALANCED: {-rest} more rows stored than messages read)"
+    if duplicates_counted is None:
+        return True, line + " (the job counted no duplicates to compare with)"
+    if rest == duplicates_counted or (not counted_exactly and rest <= duplicates_counted):
+        return True, line + f" (balanced: the job counted {duplicates_counted} duplicates)"
+    return False, line + (f" (UNBALANCED: the job counted {duplicates_counted} duplicates, so "
+                          f"{rest - duplicates_counted} messages are in no table)" if rest > duplicates_counted
+                          else f" (UNBALANCED: the job counted {duplicates_counted} duplicates)")
 
 
 DRAIN_TIMEOUT_S = 300.0  # a drain that takes longer is cancelled (and reported unbalanced)
@@ -291,12 +372,16 @@ def run(argv: list[str] | None = None, model=None, stop: StopRequest | None = No
     _check_brokers(sentiment, options)
     standard = options.view_as(StandardOptions)
     standard.streaming = True
-    runner = standard.runner
-    if runner in DIRECT_RUNNERS:
+    try:
+        runner = identify(options)
+    except RunnerError as e:
+        raise OptionsError(str(e)) from None
+    if runner.is_direct:
         # The DirectRunner would first try Prism, which needs a download and cannot run
         # TestStream; go straight to the Python runner that supports streaming.
         standard.runner = "BundleBasedDirectRunner"
         install_direct_runner_fixes()
+    check_paths_for_workers(sentiment, runner)
     if model is None:
         try:
             model = load_model(sentiment)
@@ -308,7 +393,7 @@ def run(argv: list[str] | None = None, model=None, stop: StopRequest | None = No
     if isinstance(source, ReplayPosts) and source.bounded and sentiment.early_firing:
         # A bounded replay has batch semantics: no processing-time panes (the portable job
         # service fails on processing-time triggers in batch).
-        _LOG.info("replaying %s as a bounded collection on %s: no early panes", sentiment.input, runner)
+        _LOG.info("replaying %s as a bounded collection on %s: no early panes", sentiment.input, runner.name)
         sentiment.early_firing = 0
     p = beam.Pipeline(options=options)
     build_pipeline(p, source, make_sinks(sentiment), sentiment, handler, spec)
@@ -317,15 +402,20 @@ def run(argv: list[str] | None = None, model=None, stop: StopRequest | None = No
         reader.settled = _written_check  # acknowledge only what the job has written
         reader.learn_ack_deadline()
     result = p.run()
-    if runner not in DIRECT_RUNNERS and is_pubsub_path(sentiment.input):
+    if not runner.is_direct and is_pubsub_path(sentiment.input):
         # A streaming job on Dataflow or Flink runs until cancelled: submitting is the whole command.
         # (On Dataflow, `gcloud dataflow jobs drain` is the clean stop: see README.)
         if sentiment.run_for is not None:
             result.wait_until_finish(duration=int(sentiment.run_for * 1000))
             result.cancel()
         return result
-    if runner not in DIRECT_RUNNERS:
+    if not runner.is_direct:
         result.wait_until_finish()
+        if (result.state == PipelineState.DONE and output_kind(sentiment.output) == "parquet"
+                and not sentiment.append):
+            attempted = attempted_only(result)
+            result.pulse_sinks = sink_accounting(sentiment.output, sentiment.input,
+                                                 counters(result).get("duplicates"), counted_exactly=not attempted)
         return result
     result.pulse_end = _await(result, reader, sentiment, stop)
     return result
@@ -358,7 +448,8 @@ def exit_status(result, ok: bool) -> int:
     """0 only for a job that ended DONE and balanced, with every message it wrote acknowledged."""
     end = getattr(result, "pulse_end", None)
     if end is None:  # submitted to Dataflow / Flink, or translated only: unchanged
-        return 0 if result.state in (PipelineState.DONE, PipelineState.CANCELLED) else 1
+        sinks_ok = getattr(result, "pulse_sinks", (True, ""))[0]
+        return 0 if result.state in (PipelineState.DONE, PipelineState.CANCELLED) and sinks_ok else 1
     if end.aborted_by is not None:
         return end.exit_code or 1
     if not (end.drained and ok):
@@ -384,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         undo()
     c = counters(result)
-    ok, line = accounting(c)
+    ok, line = accounting(c, attempted=attempted_only(result))
     end = getattr(result, "pulse_end", None)
     how = ""
     if end is not None and end.aborted_by:
@@ -394,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pulse run: {result.state}{how} in {time.monotonic() - started:.0f} s; {line}", file=sys.stderr)
     if end is not None and end.read is not None:
         print(f"pulse run: {end.read.line()}", file=sys.stderr)
+    if getattr(result, "pulse_sinks", None) is not None:
+        print(f"pulse run: {result.pulse_sinks[1]}", file=sys.stderr)
     print("pulse run: windows emitted {windows_emitted}, alerts {alerts}, scored past the allowed lateness "
           "{late_beyond_lateness} (in sentiment_windows_final only)".format(
               **{k: c.get(k, 0) for k in ("windows_emitted", "alerts", "late_beyond_lateness")}), file=sys.stderr)

@@ -18,17 +18,17 @@ IMAGE = "europe-west4-docker.pkg.dev/my-proj/sentiment-pulse/worker:2.77.0"
 GPU = "worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"
 
 
-@pytest.fixture(scope="module")
-def dataflow_job(tiny_bundled_model):
+def translate(runner: str):
     """The flags `make dataflow` passes, with STREAMING_INSERTS: the Storage Write API is a
-    Java cross-language transform whose expansion service jar cannot be fetched here."""
+    Java cross-language transform whose expansion service jar cannot be fetched here. The
+    model is `bundled`, resolved by name on the workers (a local directory is refused)."""
     result = sentiment_pipeline.run([
-        "--runner", "DataflowRunner", "--dry_run", "true",
+        "--runner", runner, "--dry_run", "true",
         "--project", "my-proj", "--region", "europe-west4", "--job_name", "pulse-graph-test",
         "--temp_location", "gs://my-bucket/tmp", "--staging_location", "gs://my-bucket/staging",
         "--input", "projects/my-proj/subscriptions/posts-sub", "--output", "my-proj:pulse",
-        "--bq_method", "STREAMING_INSERTS", "--model", str(tiny_bundled_model),
-        "--max_batch_size", "64", "--max_batch_duration_secs", "1",
+        "--bq_method", "STREAMING_INSERTS", "--model", "bundled",
+        "--max_batch_size", "64", "--max_batch_duration_secs", "1", "--model_copies", "1",
         "--streaming", "--enable_streaming_engine", "--experiments", "use_runner_v2",
         "--sdk_container_image", IMAGE, "--sdk_location", "container", "--machine_type", "n1-standard-8",
         "--dataflow_service_options", GPU])
@@ -37,6 +37,11 @@ def dataflow_job(tiny_bundled_model):
         packages=[], options=job.options, environment_version="8",
         proto_pipeline_staged_url="gs://my-bucket/staging/pipeline.pb", proto_pipeline=job.proto_pipeline).proto
     return job, environment
+
+
+@pytest.fixture(scope="module")
+def dataflow_job():
+    return translate("DataflowRunner")
 
 
 def transforms(job):
@@ -65,8 +70,11 @@ def test_every_step_of_the_job_is_in_the_graph(dataflow_job):
     assert any(name.startswith("Score/RunInference") for name in transforms(job))
 
 
-def test_pubsub_read_is_dataflow_native_with_dedup_and_event_time(dataflow_job):
-    job, _ = dataflow_job
+@pytest.mark.parametrize("spelling", ["DataflowRunner", "dataflow", "Dataflow",
+                                      "apache_beam.runners.dataflow.dataflow_runner.DataflowRunner"])
+def test_pubsub_read_is_dataflow_native_with_dedup_and_event_time(spelling):
+    """Every spelling Beam accepts is Dataflow: the read de-duplicates on post_key, stamps event_time."""
+    job, _ = translate(spelling)
     [read] = [t for t in transforms(job).values() if t.spec.urn == common_urns.composites.PUBSUB_READ.urn]
     payload = beam_runner_api_pb2.PubSubReadPayload.FromString(read.spec.payload)
     assert payload.subscription == "projects/my-proj/subscriptions/posts-sub"
@@ -79,3 +87,24 @@ def test_workers_run_the_gpu_image(dataflow_job):
     envs = job.proto_pipeline.components.environments.values()
     assert {e.urn for e in envs} == {common_urns.environments.DOCKER.urn}
     assert {beam_runner_api_pb2.DockerPayload.FromString(e.payload).container_image for e in envs} == {IMAGE}
+
+
+def test_the_model_is_shared_one_copy_per_gpu_and_named_not_pathed(dataflow_job):
+    """--model_copies reaches RunInference's handler, and the pickled handler carries `bundled`."""
+    from apache_beam.internal import pickler
+
+    from models.handlers import BUNDLED_DIR
+
+    job, _ = dataflow_job
+    payloads = [t.spec.payload for name, t in transforms(job).items()
+                if name.startswith("Score/RunInference") and t.spec.urn == common_urns.primitives.PAR_DO.urn]
+    assert payloads
+    found = []
+    for payload in payloads:
+        dofn_data = beam_runner_api_pb2.ParDoPayload.FromString(payload).do_fn.payload
+        assert BUNDLED_DIR.encode() not in dofn_data
+        fn = pickler.loads(dofn_data)[0] if dofn_data else None
+        handler = getattr(fn, "_model_handler", None)
+        if handler is not None:
+            found.append((handler.share_model_across_processes(), handler.model_copies()))
+    assert found == [(True, 1)]

@@ -67,3 +67,63 @@ def test_windows_are_on_time_panes_that_match_the_scored_posts(portable_run):
     assert rows(out, "SELECT DISTINCT pane_timing FROM sentiment_windows") == [("ON_TIME",)]
     assert rows(out, "SELECT SUM(posts) FROM sentiment_windows_latest WHERE keyword = '*' AND lang = '*'") == [(30,)]
     assert duckdb_sql.run_query(out, "window_consistency")[1] == []
+
+
+def test_the_balance_is_checked_at_the_sinks(portable_run, tmp_path):
+    """What the tables hold, not what the steps counted: true on a runner that retries bundles."""
+    import glob
+    import os
+    import shutil
+
+    result, out = portable_run
+    source = os.path.join(os.path.dirname(out), "in.jsonl")
+    assert result.pulse_sinks == (True, "at the sinks: read 32 lines = 30 scored posts + 1 dead letters stored "
+                                        "+ 1 duplicates (balanced: the job counted 1 duplicates)")
+    assert sentiment_pipeline.exit_status(result, True) == 0
+
+    # A retried bundle that wrote its file a second time (another name, new clock stamps): counted once.
+    copy = str(tmp_path / "retried")
+    shutil.copytree(out, copy)
+    first = sorted(glob.glob(os.path.join(copy, "scored_posts", "**", "*.parquet"), recursive=True))[0]
+    shutil.copy(first, first.replace(".parquet", "-retry.parquet"))
+    ok, line = sentiment_pipeline.sink_accounting(copy, source, 1)
+    assert ok, line
+    # Attempted counts that a retry inflated (2 duplicates counted for 1) do not make it UNBALANCED...
+    assert sentiment_pipeline.sink_accounting(copy, source, 2, counted_exactly=False)[0]
+    # ...but committed counts that disagree with the tables do.
+    assert not sentiment_pipeline.sink_accounting(copy, source, 2)[0]
+
+    # A file lost between the job and the table: its posts are in no table.
+    os.remove(first)
+    os.remove(first.replace(".parquet", "-retry.parquet"))
+    lost = rows(copy, "SELECT count(*) FROM scored_posts")[0][0]
+    ok, line = sentiment_pipeline.sink_accounting(copy, source, 1, counted_exactly=False)
+    assert not ok and f"so {30 - lost} messages are in no table" in line
+
+
+def test_attempted_counts_are_never_read_as_a_balance():
+    """Dataflow streaming reports attempted counts only: a retried bundle counts twice in one step."""
+    retried = {"read": 10, "scored": 12, "duplicates": 0, "dead_letter_parse": 0}
+    ok, line = sentiment_pipeline.accounting(retried, attempted=True)
+    assert ok and "UNBALANCED" not in line and line.startswith("attempted counts")
+    assert not sentiment_pipeline.accounting(retried)[0]  # as committed counts, it is a real imbalance
+
+
+def test_attempted_only_is_told_from_the_runners_metrics():
+    from apache_beam.metrics.execution import MetricKey, MetricResult
+    from apache_beam.metrics.metricbase import MetricName
+
+    class Result:
+        def __init__(self, committed, attempted):
+            key = MetricKey("Score", MetricName("SentimentPulse", "scored"))
+            self._counters = [MetricResult(key, committed, attempted)]
+
+        def metrics(self):
+            return self
+
+        def query(self, _filter=None):
+            return {"counters": self._counters}
+
+    assert sentiment_pipeline.attempted_only(Result(None, 12))  # Dataflow streaming
+    assert not sentiment_pipeline.attempted_only(Result(10, None))  # the portable job service
+    assert not sentiment_pipeline.attempted_only(Result(10, 12))  # Dataflow batch, the DirectRunner
