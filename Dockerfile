@@ -1,4 +1,6 @@
-# The worker image for Dataflow GPU jobs (and the flex template launcher image).
+# The worker image: Dataflow GPU (and CPU) workers, the flex template launcher, and the Python SDK
+# harness of `make flink` (DOCKER environment, or as a worker pool: `docker run --net=host IMAGE
+# --worker_pool`, the entry point being Beam's boot).
 #
 # Versions are not written here: they come from requirements.in (the one source of truth)
 # through build arguments, which `make image` (deploy/deploy.mk) reads and passes:
@@ -38,6 +40,18 @@ RUN pip install --no-cache-dir -c requirements.lock "tensorflow[and-cuda]==${TF_
  && python -c "import apache_beam, tensorflow as tf; print('beam', apache_beam.__version__, 'tf', tf.__version__)"
 
 COPY --from=launcher /opt/google/dataflow/python_template_launcher /opt/google/dataflow/python_template_launcher
+
+# A flex template builds the job inside this image (the launcher). The default BigQuery write
+# method, STORAGE_WRITE_API, is a Java cross-language transform expanded there: it needs a Java
+# runtime (11+ for Beam 2.77) and Beam's GCP expansion-service jar, cached here at build time so
+# that launching does not depend on Maven Central. (`make dataflow` expands on the submitting
+# machine instead, which needs the same.)
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends default-jre-headless \
+ && rm -rf /var/lib/apt/lists/* \
+ && java -version \
+ && python -c "from apache_beam.utils.subprocess_server import JavaJarServer as J; \
+print(J.local_jar(J.path_to_beam_jar('sdks:java:io:google-cloud-platform:expansion-service:build')))"
 
 # Keras 2 serves SavedModels (see models/__init__.py); the CUDA libraries come from the wheels.
 ENV TF_USE_LEGACY_KERAS=1 \

@@ -18,6 +18,7 @@ help:
 	@echo "make train  - retrain the bundled model into models/bundled/"
 	@echo "make bench  - benchmarks (bench/README.md): serving, then live through the Pub/Sub emulator"
 	@echo "make bench-live - the live benchmark only (BENCH_MINUTES=10 for the soak, BENCH_RATES=100,500,1000)"
+	@echo "make dataflow, flex-template, flex-run, flink, worker-pool, image - deployment (deploy/README.md)"
 
 # The virtual environment is rebuilt when the pins change.
 $(VENV)/.stamp: requirements.lock setup.py
