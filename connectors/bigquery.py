@@ -1,4 +1,4 @@
-"""BigQuery output: the five contract tables written with Beam's `WriteToBigQuery`.
+"""BigQuery output: the job's five contract tables written with Beam's `WriteToBigQuery`.
 
 `WriteBigQueryTables(dataset, method)` is applied, like connectors/parquet's
 `WriteParquetTables`, to a dict `{table name: PCollection of contract rows}`. Each table
@@ -17,6 +17,11 @@ Beam starts a Java expansion service, which needs Java and the Beam GCP expansio
 service jar), STREAMING_INSERTS (pure Python), FILE_LOADS (pure Python, stages files
 under --temp_location, which must be gs://). Storage Write creates tables without
 partitioning, so create them first with `ensure_tables` (below, or `make bq-tables`).
+
+The sink writes `JOB_TABLES` only. `ensure_tables` creates every table of `TABLES`: the
+job's five, `labels` (the review desk writes it with streaming inserts, connectors/labels.py)
+and `job_metrics` (the launcher's counter snapshots, connectors/job_metrics.py), so that the
+views of sql/views.sql, which read all of them, exist on BigQuery as on DuckDB.
 
 An emulator: pass `endpoint="http://127.0.0.1:9050"` (or set BIGQUERY_EMULATOR_HOST),
 and every client used here (Beam's apitools client for tables, google-cloud-bigquery for
@@ -42,7 +47,7 @@ from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.timestamp import Timestamp
 
 from connectors import sqlfiles
-from models.contracts import PARTITION_COLUMN, TABLES
+from models.contracts import JOB_TABLES, PARTITION_COLUMN, TABLES
 
 METHODS = ("STORAGE_WRITE_API", "STREAMING_INSERTS", "FILE_LOADS")
 CLUSTER_COLUMN = "keyword"
@@ -248,8 +253,8 @@ class EmulatorClient:
 
 def ensure_tables(dataset: str, project: str | None = None, endpoint: str | None = None,
                   location: str | None = None, views: bool = True) -> list[str]:
-    """Create the dataset, the five tables (schema, partitioning, clustering) and the views
-    of sql/views.sql where missing -> the table ids. Run before the job, not inside it."""
+    """Create the dataset, every table of TABLES (schema, partitioning, clustering) and the
+    views of sql/views.sql where missing -> the table ids. Run before the job, not inside it."""
     from google.cloud import bigquery
 
     project, ds_name = split_dataset(dataset, project)
@@ -324,7 +329,7 @@ class LogRefusedDeadLetterFn(beam.DoFn):
 
 
 class WriteBigQueryTables(beam.PTransform):
-    """{table: PCollection[contract row dict]} -> the tables in BigQuery.
+    """{table: PCollection[contract row dict]} (tables of JOB_TABLES) -> the tables in BigQuery.
 
     Returns the dead_letters table's WriteResult.
     `endpoint` points Beam's clients at an emulator (default: BIGQUERY_EMULATOR_HOST).
@@ -383,11 +388,11 @@ class WriteBigQueryTables(beam.PTransform):
 
     def expand(self, tables: Mapping[str, beam.PCollection]):
         self._unbounded = any(not pc.is_bounded for pc in tables.values())
-        unknown = sorted(set(tables) - set(TABLES))
+        unknown = sorted(set(tables) - set(JOB_TABLES))
         if unknown:
-            raise ValueError(f"no such table {unknown[0]!r}; tables: {', '.join(TABLES)}")
+            raise ValueError(f"the job writes no table {unknown[0]!r}; tables: {', '.join(JOB_TABLES)}")
         write_failures = []  # then the incoming dead letters: all go to dead_letters
-        for table in (t for t in TABLES if t in tables and t != "dead_letters"):
+        for table in (t for t in JOB_TABLES if t in tables and t != "dead_letters"):
             label = _camel(table)
             prepared = tables[table] | f"Prepare{label}" >> beam.ParDo(
                 PrepareRowsFn(table, self.method)).with_outputs(PrepareRowsFn.INVALID, main="rows")

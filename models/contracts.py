@@ -6,6 +6,11 @@ live here beside the model contract (see ../shared/DESIGN.md, "Data contracts").
 
 Each table is a tuple of `Field(name, type, mode)`; `type` is a BigQuery standard SQL
 type name, from which the Parquet (pyarrow) schema is derived in `connectors/`.
+`TABLES` holds every table a reader sees; the streaming job writes `JOB_TABLES` (the five of
+DESIGN.md) and nothing else. `labels` is written by the review desk (connectors/labels.py:
+append-only, one row per label, a correction is a new row naming the label it corrects) and
+`job_metrics` by the launcher (connectors/job_metrics.py: the job's Beam counters, one
+snapshot per run, for the balance read = scored + duplicates + dead letters).
 
 The model contract: a SavedModel whose serving signature takes `text: tf.string [batch]`
 and returns `probabilities: float [batch, C]` (optionally also `token_count` and
@@ -176,21 +181,66 @@ DEAD_LETTERS = (
           "Pub/Sub message id, or 'line N' of a replayed file: two identical bad messages are two rows"),
 )
 
+# What a person may answer at the review desk; "skip" is an answer too (seen, left undecided).
+REVIEW_LABELS = (*LABELS, "skip")
+
+LABELS_TABLE = (
+    Field("label_id", "STRING", "REQUIRED",
+          "the label's id: a digest of (post_id, keyword, reviewer) for a first label, of the label it "
+          "corrects for a correction (connectors/labels.py)"),
+    Field("post_id", "STRING", "REQUIRED"),
+    Field("keyword", "STRING", "REQUIRED"),
+    Field("lang", "STRING", "REQUIRED"),
+    Field("text", "STRING", "NULLABLE", "the post's text as the reviewer saw it"),
+    Field("label", "STRING", "REQUIRED", "negative|neutral|positive|skip"),
+    Field("reviewer", "STRING", "REQUIRED", "who labelled ('*' is reserved for roll-up rows)"),
+    Field("labelled_at", "TIMESTAMP", "REQUIRED"),
+    Field("model_version", "STRING", "NULLABLE", "the model version that scored the post"),
+    Field("model_label", "STRING", "NULLABLE", "the model's label of the post: negative|neutral|positive"),
+    Field("corrects", "STRING", "NULLABLE", "the label_id this label corrects; NULL for a first label"),
+)
+
+JOB_METRICS = (
+    Field("run_id", "STRING", "REQUIRED"),
+    Field("started_at", "TIMESTAMP", "REQUIRED"),
+    Field("updated_at", "TIMESTAMP", "REQUIRED", "when these counts were read"),
+    Field("state", "STRING", "REQUIRED", "the runner's state, e.g. RUNNING, DONE, CANCELLED, FAILED"),
+    Field("read", "INT64", "REQUIRED", "messages read"),
+    Field("scored", "INT64", "REQUIRED", "posts scored"),
+    Field("duplicates", "INT64", "REQUIRED", "messages dropped as duplicates of a (post_id, keyword)"),
+    Field("dead_letters", "INT64", "REQUIRED", "dead letters, all stages"),
+    Field("stored_scored", "INT64", "NULLABLE", "scored_posts rows the Parquet writer put in place"),
+    Field("stored_dead_letters", "INT64", "NULLABLE", "dead_letters rows the Parquet writer put in place"),
+    Field("input", "STRING", "NULLABLE", "the job's --input"),
+)
+
+# The tables the streaming job writes: its sinks (connectors/parquet.py, connectors/bigquery.py)
+# take these and no others.
+JOB_TABLES = ("scored_posts", "sentiment_windows", "alerts", "review_queue", "dead_letters")
+
+# Every table a reader sees (DuckDB views, BigQuery tables created by ensure_tables): the job's
+# five, the review desk's labels (connectors/labels.py) and the launcher's counter snapshots
+# (connectors/job_metrics.py).
 TABLES = {
     "scored_posts": SCORED_POSTS,
     "sentiment_windows": SENTIMENT_WINDOWS,
     "alerts": ALERTS,
     "review_queue": REVIEW_QUEUE,
     "dead_letters": DEAD_LETTERS,
+    "labels": LABELS_TABLE,
+    "job_metrics": JOB_METRICS,
 }
 
-# The event-time column each table is partitioned on (BigQuery) and clustered by.
+# The time column each table is partitioned on (BigQuery): event time for the job's tables.
+# Tables with a `keyword` column are also clustered by it.
 PARTITION_COLUMN = {
     "scored_posts": "created_at",
     "sentiment_windows": "window_start",
     "alerts": "window_start",
     "review_queue": "created_at",
     "dead_letters": "received_at",
+    "labels": "labelled_at",
+    "job_metrics": "started_at",
 }
 
 

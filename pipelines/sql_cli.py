@@ -16,7 +16,9 @@ recomputes each window from `scored_posts`, so it needs the job's `--window_size
 (both commands take them).
 
 User mistakes (a missing output directory, bad SQL, a bad parameter) give one line on
-stderr and exit status 2 (usage) or 1 (the query failed); never a traceback.
+stderr and exit status 2 (usage) or 1 (the query failed); never a traceback. A Parquet file
+that cannot be read (empty, cut short, garbage pages) is left out of its table with one
+warning line on stderr per file (connectors/duckdb_sql), and the command goes on.
 """
 from __future__ import annotations
 
@@ -75,17 +77,20 @@ def sql_main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> in
     try:
         settings = _settings(args)
         if _is_query_name(args.query):
-            columns, rows = duckdb_sql.run_query(args.output, args.query, _param_pairs(args.param), settings)
+            columns, rows, skipped = duckdb_sql.run_query_with_warnings(
+                args.output, args.query, _param_pairs(args.param), settings)
         elif args.param:
             return _fail("pulse sql: --param applies to named queries only (pulse sql --list)", 2)
         else:
-            columns, rows = duckdb_sql.query(args.output, args.query, settings=settings)
+            columns, rows, skipped = duckdb_sql.query_with_warnings(args.output, args.query, settings=settings)
     except duckdb_sql.OutputNotFound as e:
         return _fail(f"pulse sql: {e}", 2)
     except sqlfiles.SqlError as e:
         return _fail(f"pulse sql: {e}", 2)
     except duckdb.Error as e:
         return _fail(f"pulse sql: {_first_line(e)}", 1)
+    for s in skipped:
+        print(f"pulse sql: warning: {s}", file=sys.stderr)
     write_result(columns, rows, args.format, out)
     return 0
 
@@ -97,15 +102,14 @@ def summary_main(argv: Sequence[str] | None = None, out: TextIO | None = None) -
     _add_job_settings(parser)
     args = parser.parse_args(argv)
     try:
-        con = duckdb_sql.connect(args.output, settings=_settings(args))
+        text, skipped = duckdb_sql.with_connection(args.output, lambda con: summary_text(con, args.output),
+                                                   settings=_settings(args))
     except (duckdb_sql.OutputNotFound, sqlfiles.SqlError) as e:
         return _fail(f"pulse summary: {e}", 2)
-    try:
-        text = summary_text(con, args.output)
     except duckdb.Error as e:
         return _fail(f"pulse summary: {_first_line(e)}", 1)
-    finally:
-        con.close()
+    for s in skipped:
+        print(f"pulse summary: warning: {s}", file=sys.stderr)
     out.write(text)
     return 0
 

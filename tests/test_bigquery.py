@@ -18,7 +18,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from connectors import bigquery as cb
 from connectors import duckdb_sql, sqlfiles
-from models.contracts import PARTITION_COLUMN, TABLES
+from models.contracts import JOB_TABLES, PARTITION_COLUMN, TABLES
 from tests.fixtures.bigquery import PROJECT
 from tests.test_sql import ALERTS, DEAD, POSTS, WINDOWS, ts, write_table
 
@@ -128,7 +128,7 @@ def test_beam_writes_all_tables_and_creates_them_partitioned(bq_emulator, bq_cli
         "scored_posts": POSTS + [broken], "sentiment_windows": WINDOWS, "alerts": ALERTS,
         "review_queue": POSTS[3:4], "dead_letters": DEAD})
 
-    for table in TABLES:  # created by WriteToBigQuery with the contract schema and our parameters
+    for table in JOB_TABLES:  # created by WriteToBigQuery with the contract schema and our parameters
         t = bq_client.get_table(f"{PROJECT}.{dataset}.{table}")
         assert [(f.name, f.field_type, f.mode) for f in t.schema] == [(f.name, f.type, f.mode) for f in TABLES[table]]
         assert (t.time_partitioning.type_, t.time_partitioning.field) == ("DAY", PARTITION_COLUMN[table])

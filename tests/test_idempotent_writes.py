@@ -25,7 +25,7 @@ from apache_beam.transforms.window import GlobalWindow, IntervalWindow
 from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
 
 from connectors import duckdb_sql, parquet, sqlfiles
-from models.contracts import TABLES
+from models.contracts import JOB_TABLES, TABLES
 from pipelines import sql_cli
 from pipelines.options import OptionsError, SentimentOptions, validate_options
 
@@ -78,7 +78,7 @@ def files_of(output_dir, table):
     return sorted(p for p in paths if os.path.isfile(p))
 
 
-@pytest.mark.parametrize("table", list(TABLES))
+@pytest.mark.parametrize("table", JOB_TABLES)
 def test_a_retried_bundle_replaces_its_own_file(tmp_path, table):
     rows = rows_of(table)
     write_bundle(str(tmp_path), table, rows)

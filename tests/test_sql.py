@@ -156,7 +156,7 @@ def output_dir(tmp_path_factory):
 
 
 VIEWS = ("scored_posts_unique", "review_queue_unique", "dead_letters_unique", "sentiment_windows_latest",
-         "alerts_unique", "sentiment_windows_final")
+         "alerts_unique", "sentiment_windows_final", "labels_latest", "label_agreement", "job_balance")
 
 
 def run(output_dir, name, settings=None, **params):
