@@ -291,7 +291,39 @@ def _check_brokers(sentiment: SentimentOptions, options: PipelineOptions) -> Non
             check_pubsub(path)
 
 
-def _await(result, reader, sentiment: SentimentOptions, stop: StopRequest | None) -> JobEnd:
+class CounterSnapshots:
+    """The running job's counters written beside its Parquet tables every `every_s` seconds and at
+    the end (connectors/job_metrics.py: table job_metrics, view job_balance), for the dashboard's
+    balance. A snapshot that cannot be written is logged once; it never stops the job."""
+
+    def __init__(self, output: str, source: str, every_s: float = 5.0):
+        import datetime as dt
+
+        from connectors import job_metrics
+
+        self.output, self.source, self.every_s = output, source, every_s
+        self.started_at = dt.datetime.now(dt.timezone.utc)
+        self.run_id = job_metrics.new_run_id(self.started_at)
+        self._next = 0.0
+        self._failed = False
+
+    def write(self, result, state: str = "RUNNING", force: bool = False) -> None:
+        from connectors import job_metrics
+
+        if not force and time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + self.every_s
+        try:
+            job_metrics.write_snapshot(self.output, self.run_id, self.started_at, counter_values(result.metrics()),
+                                       state, self.source)
+        except Exception as e:  # noqa: BLE001  (a dashboard figure; the job goes on)
+            if not self._failed:
+                _LOG.warning("cannot write the job's counters to %s/job_metrics: %s", self.output, e)
+            self._failed = True
+
+
+def _await(result, reader, sentiment: SentimentOptions, stop: StopRequest | None,
+           snapshots: CounterSnapshots | None = None) -> JobEnd:
     """Wait for a DirectRunner job; on --run_for or a stop request, drain it (Pub/Sub) or cancel it (a file)."""
     failure: list[BaseException] = []
 
@@ -314,6 +346,8 @@ def _await(result, reader, sentiment: SentimentOptions, stop: StopRequest | None
                 break
             if reader is not None:
                 reader.maintain()
+            if snapshots is not None:
+                snapshots.write(result)
             if stop is not None and stop.aborted:
                 aborted_by, exit_code = stop.aborted, stop.exit_code
                 _LOG.warning("%s again: cancelling without draining; what was not acknowledged stays in "
@@ -346,8 +380,12 @@ def _await(result, reader, sentiment: SentimentOptions, stop: StopRequest | None
     except BaseException:
         if reader is not None:
             reader.finish(written=False)
+        if snapshots is not None:
+            snapshots.write(result, "FAILED", force=True)
         raise
     drained = result.state == PipelineState.DONE
+    if snapshots is not None:
+        snapshots.write(result, str(result.state), force=True)
     report = None
     if reader is not None:
         ok, _ = accounting(counters(result))
@@ -417,7 +455,8 @@ def run(argv: list[str] | None = None, model=None, stop: StopRequest | None = No
             result.pulse_sinks = sink_accounting(sentiment.output, sentiment.input,
                                                  counters(result).get("duplicates"), counted_exactly=not attempted)
         return result
-    result.pulse_end = _await(result, reader, sentiment, stop)
+    snapshots = CounterSnapshots(sentiment.output, sentiment.input) if output_kind(sentiment.output) == "parquet" else None
+    result.pulse_end = _await(result, reader, sentiment, stop, snapshots)
     return result
 
 
