@@ -31,6 +31,7 @@ COPY transforms/ transforms/
 COPY connectors/ connectors/
 COPY models/ models/
 COPY sql/ sql/
+COPY dashboard/ dashboard/
 
 # TensorFlow with its CUDA/cuDNN wheels ("and-cuda") at the pinned version; everything else
 # at the lock's pins (-c), installed as the package setup.py describes, so the workers run

@@ -9,7 +9,7 @@ export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup data train run test bench bench-live lock clean
+.PHONY: help setup data train run test bench bench-live lock clean browser dashboard
 
 help:
 	@echo "make run    - set up .venv, build the sample stream, run the job, print a SQL summary"
@@ -18,6 +18,7 @@ help:
 	@echo "make train  - retrain the bundled model into models/bundled/"
 	@echo "make bench  - benchmarks (bench/README.md): serving, then live through the Pub/Sub emulator"
 	@echo "make bench-live - the live benchmark only (BENCH_MINUTES=10 for the soak, BENCH_RATES=100,500,1000)"
+	@echo "make dashboard - the dashboard and review desk over the last run (http://127.0.0.1:8501)"
 	@echo "make dataflow, flex-template, flex-run, flink, worker-pool, image - deployment (deploy/README.md)"
 
 # The virtual environment is rebuilt when the pins change.
@@ -46,8 +47,23 @@ run: $(DATA)/.stamp
 	rm -rf $(OUT)
 	$(VENV)/bin/pulse run --input $(DATA)/sample_stream.jsonl --output $(OUT)
 	$(VENV)/bin/pulse summary --output $(OUT)
+	@echo "==> open the dashboard: $(VENV)/bin/pulse dashboard --output $(OUT)   (then http://127.0.0.1:8501)"
 
-test: $(DATA)/.stamp
+# The dashboard over the last `make run` (or OUT=...).
+dashboard: $(VENV)/.stamp
+	$(VENV)/bin/pulse dashboard --output $(OUT)
+
+# Debian's chromium and chromium-driver: the dashboard's end-to-end test drives a real headless
+# browser (tests/test_dashboard_browser.py). Installed with apt when missing (root, Debian).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "==> installing Debian's chromium and chromium-driver (for the dashboard's browser test)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else echo "note: chromium and chromedriver are missing and cannot be installed here (needs root and apt):" \
+	  "the dashboard's browser test will skip"; fi
+
+test: $(DATA)/.stamp browser
 	$(VENV)/bin/pytest
 
 # The live benchmark publishes for BENCH_MINUTES per rate (10 for the soak: make bench BENCH_MINUTES=10).

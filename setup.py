@@ -9,7 +9,7 @@ import pathlib
 from setuptools import setup
 
 HERE = pathlib.Path(__file__).parent
-TEST_ONLY = {"pytest", "pytest-timeout", "bqemulator", "testcontainers"}
+TEST_ONLY = {"pytest", "pytest-timeout", "bqemulator", "testcontainers", "hypothesis", "selenium"}
 
 
 def requirements():
@@ -26,7 +26,7 @@ setup(
     version="0.1.0",
     description="Real-time customer sentiment: Pub/Sub -> Beam RunInference -> BigQuery/Parquet",
     python_requires=">=3.11,<3.12",
-    packages=["pipelines", "transforms", "connectors", "models", "sql"],
+    packages=["pipelines", "transforms", "connectors", "models", "sql", "dashboard"],
     package_data={"models": ["bundled/*", "bundled/*/*", "bundled/*/*/*"], "sql": ["*.sql", "queries/*.sql"]},
     install_requires=requirements(),
     entry_points={"console_scripts": ["pulse = pipelines.cli:main"]},

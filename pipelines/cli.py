@@ -3,6 +3,7 @@
     pulse run      --input FILE|projects/P/subscriptions/S --output DIR|PROJECT:DATASET [Beam options]
     pulse sql      "SELECT ..." --output DIR        SQL over the Parquet tables (DuckDB)
     pulse summary  --output DIR                     per-keyword summary of a run
+    pulse dashboard --output DIR|PROJECT:DATASET    the dashboard and review desk (http://127.0.0.1:8501)
     pulse ingest   --keywords acme,nimbus --topic projects/P/topics/T     X API -> Pub/Sub
     pulse publish  --topic projects/P/topics/T --file posts.jsonl --rate 100
 """
@@ -16,6 +17,7 @@ COMMANDS = {
     "run": ("pipelines.sentiment_pipeline", "main", "run the streaming job"),
     "sql": ("pipelines.sql_cli", "sql_main", "run SQL over an output directory (DuckDB)"),
     "summary": ("pipelines.sql_cli", "summary_main", "print a per-keyword summary of an output directory"),
+    "dashboard": ("dashboard.cli", "main", "serve the dashboard and review desk over an output (a web page)"),
     "ingest": ("pipelines.ingest", "main", "poll the X API and publish posts to Pub/Sub"),
     "publish": ("pipelines.publish", "main", "publish a JSON-lines file or synthetic posts to Pub/Sub"),
 }

@@ -11,4 +11,5 @@ pytest_plugins = [
     "tests.fixtures.bert",
     "tests.fixtures.x_api_server",
     "tests.fixtures.bigquery",
+    "tests.fixtures.dashboard",
 ]

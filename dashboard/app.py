@@ -1,0 +1,400 @@
+"""The sentiment-pulse dashboard: a Streamlit app over the job's tables (started by `pulse dashboard`).
+
+    pulse dashboard --output out                 # Parquet output, read through DuckDB
+    pulse dashboard --output my-proj:pulse       # BigQuery
+
+Pages (sidebar, or `?page=` in the address, so that links between pages work):
+Overview, Alerts, Posts, Health, Review. Every page but Review re-reads the tables every
+`PULSE_DASHBOARD_REFRESH` seconds (a Streamlit fragment with run_every) while a job writes;
+Review reloads its queue after each label, not under the reviewer's hands.
+
+Settings come from the environment, set by `pulse dashboard` (dashboard/cli.py):
+PULSE_DASHBOARD_OUTPUT, PULSE_DASHBOARD_REFRESH, PULSE_DASHBOARD_REVIEWER,
+PULSE_DASHBOARD_WINDOW_SIZE, PULSE_DASHBOARD_WINDOW_PERIOD, PULSE_DASHBOARD_REVIEW_THRESHOLD,
+PULSE_DASHBOARD_PROJECT.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import os
+from urllib.parse import urlencode
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from connectors import sqlfiles
+from dashboard import data
+
+PAGES = ("Overview", "Alerts", "Posts", "Health", "Review")
+ALL = "*"
+SHORTCUTS = {"negative": "1", "neutral": "2", "positive": "3", "skip": "S"}
+
+
+def settings() -> dict:
+    env = os.environ
+    period = env.get("PULSE_DASHBOARD_WINDOW_PERIOD")
+    return {
+        "output": env.get("PULSE_DASHBOARD_OUTPUT", "out"),
+        "refresh": float(env.get("PULSE_DASHBOARD_REFRESH", "5")),
+        "reviewer": env.get("PULSE_DASHBOARD_REVIEWER") or _default_reviewer(),
+        "project": env.get("PULSE_DASHBOARD_PROJECT") or None,
+        "views": sqlfiles.ViewSettings(int(env.get("PULSE_DASHBOARD_WINDOW_SIZE", "60")),
+                                       int(period) if period else None,
+                                       float(env.get("PULSE_DASHBOARD_REVIEW_THRESHOLD", "0.5"))),
+    }
+
+
+def _default_reviewer() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001  (no login name in a container)
+        return "reviewer"
+
+
+def open_source(conf: dict) -> data.Source | None:
+    """The output, or None after showing why it cannot be read (one line, never a traceback)."""
+    try:
+        source = data.open_source(conf["output"], conf["views"], conf["project"])
+    except data.SourceError as e:
+        st.error(str(e))
+        return None
+    for warning in source.warnings:
+        st.warning(warning)
+    return source
+
+
+def page_link(page: str, **params) -> str:
+    return "?" + urlencode({"page": page, **{k: v for k, v in params.items() if v is not None}})
+
+
+def _iso(value) -> str:
+    return pd.Timestamp(value).tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        return sqlfiles.parse_timestamp(value)
+    except (ValueError, TypeError):
+        return None
+
+
+# ---- filters ------------------------------------------------------------------------------
+
+def filters(source: data.Source, with_lang: bool = True):
+    """Keyword, language and time range, in the sidebar (defaults from the address)."""
+    params = st.query_params
+    keywords = [ALL] + data.keywords(source)
+    langs = [ALL] + data.langs(source)
+    keyword = params.get("keyword", ALL)
+    lang = params.get("lang", ALL)
+    keyword = st.sidebar.selectbox("Keyword", keywords, index=keywords.index(keyword) if keyword in keywords else 0,
+                                   format_func=lambda k: "all keywords" if k == ALL else k)
+    if with_lang:
+        lang = st.sidebar.selectbox("Language", langs, index=langs.index(lang) if lang in langs else 0,
+                                    format_func=lambda k: "all languages" if k == ALL else k)
+    bounds = data.time_range(source)
+    follow = st.sidebar.toggle("Follow new windows", value="start" not in params,
+                               help="on: the whole range, growing as the job writes; off: pick a range")
+    if follow or bounds is None:
+        return keyword, lang, None
+    first, last = bounds
+    start = _parse_time(params.get("start")) or first
+    end = _parse_time(params.get("end")) or last
+    start, end = max(min(start, last), first), min(max(end, first), last)
+    if first < last:
+        start, end = st.sidebar.slider("Time range (UTC)", min_value=first, max_value=last, value=(start, end),
+                                       step=dt.timedelta(minutes=1), format="MM-DD HH:mm")
+    return keyword, lang, (start, end + dt.timedelta(seconds=1))
+
+
+def current_span(source: data.Source, fixed):
+    """The chosen range, or (following the job) everything written so far."""
+    if fixed is not None:
+        return fixed
+    bounds = data.time_range(source)
+    return None if bounds is None else (bounds[0], bounds[1] + dt.timedelta(seconds=1))
+
+
+# ---- pages --------------------------------------------------------------------------------
+
+def overview(source: data.Source, keyword: str, lang: str, span) -> None:
+    st.header("Overview" + ("" if keyword == ALL else f": {keyword}"))
+    if span is None:
+        st.info("No sentiment windows yet: the job has not written any (or is still in its first window).")
+        return
+    start, end = span
+    frame = data.windows(source, keyword, lang, start, end)
+    if frame.empty:
+        st.info("No windows in this range.")
+        return
+    frame["window_start"] = pd.to_datetime(frame["window_start"], utc=True)
+    latest = frame.iloc[-1]
+    totals = frame[["posts", "negative"]].sum()
+    alerts = data.alerts(source, keyword, start, end)
+    cols = st.columns(4)
+    cols[0].metric("Posts", f"{int(totals['posts']):,}", help="sum over the windows shown (latest pane of each)")
+    cols[1].metric("Negative share", f"{totals['negative'] / totals['posts']:.1%}" if totals["posts"] else "–")
+    cols[2].metric("Alerts", len(alerts))
+    cols[3].metric(f"Window {pd.Timestamp(latest['window_start']):%H:%M}", int(latest["posts"]),
+                   help="the newest window and its latest pane")
+    timing = str(latest["pane_timing"])
+    if timing == "EARLY":
+        st.caption(f"Current window {pd.Timestamp(latest['window_start']):%Y-%m-%d %H:%M} UTC: early pane "
+                   f"{int(latest['pane_index'])}, updated {pd.Timestamp(latest['emitted_at']):%H:%M:%S} UTC "
+                   "(it keeps updating until the window closes)")
+    frame["negative_share"] = frame["negative_share"].astype(float)
+    base = alt.Chart(frame).encode(x=alt.X("window_start:T", title="window (UTC)"))
+    colours = alt.Scale(domain=["EARLY", "ON_TIME", "LATE", "UNKNOWN"],
+                        range=["#f2a33a", "#4c78a8", "#b279a2", "#999999"])
+    posts = base.mark_bar().encode(
+        y=alt.Y("posts:Q", title="posts"),
+        color=alt.Color("pane_timing:N", scale=colours, title="latest pane"),
+        tooltip=["window_start:T", "posts:Q", "negative:Q", "pane_timing:N", "pane_index:Q"])
+    share = base.mark_line(point=True).encode(
+        y=alt.Y("negative_share:Q", title="negative share", axis=alt.Axis(format="%")),
+        tooltip=["window_start:T", alt.Tooltip("negative_share:Q", format=".1%"), "posts:Q"])
+    layers = [share]
+    if not alerts.empty:
+        marks = alerts.assign(window_start=pd.to_datetime(alerts["window_start"], utc=True))
+        layers.append(alt.Chart(marks).mark_rule(color="#d62728", strokeDash=[4, 3]).encode(
+            x="window_start:T", tooltip=["window_start:T", "keyword:N", "kind:N", alt.Tooltip("zscore:Q", format=".1f")]))
+    st.subheader("Posts per window")
+    st.altair_chart(posts.properties(height=220), use_container_width=True)
+    st.subheader("Negative share per window (red: alerts)")
+    st.altair_chart(alt.layer(*layers).properties(height=220), use_container_width=True)
+    fixes = data.corrections(source, keyword, lang, start, end)
+    st.subheader("Late panes (corrections)")
+    if fixes.empty:
+        st.caption("No window has been corrected by late posts in this range.")
+    else:
+        st.dataframe(fixes, hide_index=True, use_container_width=True)
+
+
+def alerts_page(source: data.Source, keyword: str, span) -> None:
+    st.header("Alerts")
+    if span is None:
+        st.info("No windows yet, so no alerts.")
+        return
+    frame = data.alerts(source, keyword, *span)
+    if frame.empty:
+        st.info("No alert in this range.")
+        return
+    st.dataframe(frame.drop(columns=["sample_post_ids"]), hide_index=True, use_container_width=True)
+    for _, alert in frame.iterrows():
+        start = pd.Timestamp(alert["window_start"])
+        title = (f"{start:%Y-%m-%d %H:%M} · {alert['keyword']} · {alert['kind']} · z = {alert['zscore']:.1f} "
+                 f"(value {alert['value']:.3g}, baseline {alert['baseline']:.3g})")
+        with st.expander(title):
+            link = page_link("Posts", keyword=alert["keyword"], start=_iso(alert["window_start"]),
+                             end=_iso(alert["window_end"]))
+            st.markdown(f"[Posts of this window]({link})")
+            ids = list(alert["sample_post_ids"]) if alert["sample_post_ids"] is not None else []
+            st.dataframe(data.posts_by_id(source, ids), hide_index=True, use_container_width=True)
+
+
+def posts_page(source: data.Source, keyword: str, lang: str, span) -> None:
+    st.header("Posts")
+    if span is None:
+        st.info("No posts yet.")
+        return
+    search = st.text_input("Search the text", value=st.query_params.get("search", ""))
+    frame = data.posts(source, keyword, lang, span[0], span[1], search)
+    st.caption(f"{len(frame)} posts{' (first 1,000)' if len(frame) == 1000 else ''}, "
+               f"{span[0]:%Y-%m-%d %H:%M} to {span[1]:%H:%M} UTC")
+    st.dataframe(frame, hide_index=True, use_container_width=True,
+                 column_config={"confidence": st.column_config.ProgressColumn("confidence", min_value=0, max_value=1),
+                                "score": st.column_config.NumberColumn("score", format="%.3f")})
+
+
+def health_page(source: data.Source, span) -> None:
+    st.header("Health")
+    stored = data.stored(source)
+    cols = st.columns(4)
+    cols[0].metric("Scored posts stored", f"{stored['scored_posts']:,}")
+    cols[1].metric("Dead letters", f"{stored['dead_letters']:,}")
+    cols[2].metric("Posts past the allowed lateness", f"{stored['beyond_lateness']:,}")
+    cols[3].metric("Windows corrected by late panes", f"{stored['corrected_windows']:,}")
+    st.subheader("Balance: read = scored + duplicates + dead letters")
+    balance = data.balance(source)
+    if balance is None or balance.empty:
+        st.caption("The job's counters are written beside the tables by `pulse run` (local runs with "
+                   "Parquet output); none here. Dataflow shows them in its console.")
+    else:
+        run = balance.iloc[0]
+        verdict = ("balanced" if bool(run["balanced"]) else
+                   f"{int(run['unaccounted'])} in flight" if run["state"] == "RUNNING" else
+                   f"UNBALANCED: {int(run['unaccounted'])} unaccounted")
+        st.markdown(f"**Latest run** ({run['state']}, updated {pd.Timestamp(run['updated_at']):%H:%M:%S} UTC): "
+                    f"read {int(run['read']):,} = scored {int(run['scored']):,} + duplicates "
+                    f"{int(run['duplicates']):,} + dead letters {int(run['dead_letters']):,} ({verdict})")
+        st.dataframe(balance, hide_index=True, use_container_width=True)
+    st.subheader("Dead letters by stage and reason")
+    dead = data.dead_letters(source)
+    if dead.empty:
+        st.caption("No dead letters.")
+    else:
+        dead["minute"] = pd.to_datetime(dead["minute"], utc=True)
+        st.altair_chart(alt.Chart(dead).mark_bar().encode(
+            x=alt.X("minute:T", title="received (UTC)"), y=alt.Y("dead_letters:Q", title="dead letters"),
+            color="stage:N", tooltip=["minute:T", "stage:N", "reason:N", "dead_letters:Q"]).properties(height=200),
+            use_container_width=True)
+        st.dataframe(dead.groupby(["stage", "reason"], as_index=False)["dead_letters"].sum()
+                     .sort_values("dead_letters", ascending=False), hide_index=True, use_container_width=True)
+    st.subheader("Drift signals per window (all keywords)")
+    if span is None:
+        st.caption("No windows yet.")
+        return
+    drift = data.drift(source, *span)
+    if drift.empty:
+        st.caption("No windows in this range.")
+        return
+    drift["window_start"] = pd.to_datetime(drift["window_start"], utc=True)
+    signals = drift.melt(id_vars=["window_start"], value_vars=["oov_rate", "mean_confidence"],
+                         var_name="signal", value_name="value")
+    st.altair_chart(alt.Chart(signals).mark_line(point=True).encode(
+        x=alt.X("window_start:T", title="window (UTC)"), y="value:Q", color="signal:N",
+        tooltip=["window_start:T", "signal:N", alt.Tooltip("value:Q", format=".3f")]).properties(height=200),
+        use_container_width=True)
+    mix = drift.melt(id_vars=["window_start"], value_vars=["negative_share", "neutral_share", "positive_share"],
+                     var_name="class", value_name="share")
+    st.altair_chart(alt.Chart(mix).mark_area().encode(
+        x=alt.X("window_start:T", title="window (UTC)"), y=alt.Y("share:Q", stack="normalize", title="class mix"),
+        color=alt.Color("class:N", scale=alt.Scale(domain=["negative_share", "neutral_share", "positive_share"],
+                                                   range=["#d62728", "#bbbbbb", "#2ca02c"]))).properties(height=200),
+        use_container_width=True)
+
+
+def review_page(source: data.Source, conf: dict) -> None:
+    st.header("Review desk")
+    reviewer = st.sidebar.text_input("Reviewer", value=st.session_state.get("reviewer", conf["reviewer"]))
+    st.session_state["reviewer"] = reviewer
+    if not reviewer.strip():
+        st.warning("Enter your name as reviewer (sidebar) to label posts.")
+        return
+    store = data.label_store(source, conf["project"])
+    notice = st.session_state.pop("label_notice", None)
+    if notice:
+        (st.success if notice[0] == "ok" else st.info)(notice[1])
+    queue = data.review_queue(source, store.labelled(reviewer))
+    mode = st.radio("Show", ["one at a time", "as a list"], horizontal=True, label_visibility="collapsed")
+    st.caption(f"{len(queue)} low-confidence posts left for {reviewer}, oldest first. "
+               "Shortcuts: 1 negative, 2 neutral, 3 positive, S skip.")
+    if queue.empty:
+        st.success("Nothing left to review.")
+    elif mode == "one at a time":
+        post = queue.iloc[0].to_dict()
+        with st.container(border=True):
+            st.markdown(f"**{post['keyword']}** · {post['lang']} · "
+                        f"{pd.Timestamp(post['created_at']):%Y-%m-%d %H:%M:%S} UTC · post `{post['post_id']}`")
+            st.markdown(f"> {post['text']}")
+            st.caption(f"model: {post['model_label']} (confidence {post['confidence']:.2f}, "
+                       f"{post['model_version']})")
+        cols = st.columns(4)
+        for col, label in zip(cols, data.LABEL_CHOICES):
+            # on_click with the post as rendered: the label goes to the post this page showed,
+            # even when another tab labelled it meanwhile (the rerun would show the next one).
+            col.button(f"{label.capitalize()}", key=f"label-{label}", shortcut=SHORTCUTS[label],
+                       use_container_width=True, on_click=_record, args=(store, post, label, reviewer))
+    else:
+        table = queue.head(50).reset_index(drop=True)
+        st.session_state["review-list-rows"] = table.to_dict("records")
+        st.data_editor(
+            table.assign(label=None)[["label", "created_at", "keyword", "lang", "text", "model_label", "confidence",
+                                      "post_id"]],
+            hide_index=True, use_container_width=True, disabled=["created_at", "keyword", "lang", "text",
+                                                                  "model_label", "confidence", "post_id"],
+            column_config={"label": st.column_config.SelectboxColumn("label", options=list(data.LABEL_CHOICES))},
+            key="review-list")
+        st.button("Save labels", type="primary", on_click=_save_list, args=(store, reviewer))
+    agreement = data.agreement(source)
+    if not agreement.empty:
+        st.subheader("Agreement with the model and between reviewers")
+        st.dataframe(agreement, hide_index=True, use_container_width=True)
+    recent = store.recent(reviewer, limit=10)
+    if recent is not None and not recent.empty:
+        st.subheader("Your latest labels (correct one: pick it and the new label)")
+        st.dataframe(recent, hide_index=True, use_container_width=True)
+        choices = {f"{r['post_id']} ({r['keyword']}): {r['label']}": r for r in recent.to_dict("records")}
+        cols = st.columns([3, 1, 1])
+        cols[0].selectbox("Label to correct", list(choices), key="correct-which")
+        cols[1].selectbox("New label", data.LABEL_CHOICES, key="correct-label")
+        cols[2].button("Correct", key="correct", on_click=_correct, args=(store, choices, reviewer))
+
+
+def _correct(store, choices: dict, reviewer: str) -> None:
+    old = choices.get(st.session_state.get("correct-which"))
+    if old is None:
+        return
+    written, message = store.correct(old, st.session_state.get("correct-label"), reviewer)
+    st.session_state["label_notice"] = ("ok" if written else "info", message)
+
+
+def _record(store, post: dict, label: str, reviewer: str) -> None:
+    written, message = store.record(post, label, reviewer)
+    st.session_state["label_notice"] = ("ok" if written else "info", message)
+
+
+def _save_list(store, reviewer: str) -> None:
+    """The list's chosen labels, matched to the rows as they were shown (not as the queue is now)."""
+    rows = st.session_state.get("review-list-rows", [])
+    edits = st.session_state.get("review-list", {}).get("edited_rows", {})
+    written, already = data.save_list(store, rows, edits, reviewer)
+    note = f"saved {written} labels" + (f"; {already} were already labelled (another tab?)" if already else "")
+    st.session_state["label_notice"] = ("ok", note)
+
+
+# ---- the app ------------------------------------------------------------------------------
+
+def main() -> None:
+    st.set_page_config(page_title="sentiment-pulse", layout="wide")
+    conf = settings()
+    st.sidebar.title("sentiment-pulse")
+    st.sidebar.caption(f"output: {conf['output']}")
+    wanted = st.query_params.get("page", PAGES[0])
+    page = st.sidebar.radio("Page", PAGES, index=PAGES.index(wanted) if wanted in PAGES else 0)
+    if page != wanted:
+        st.query_params["page"] = page
+    if page == "Review":
+        source = open_source(conf)
+        if source is not None:
+            try:
+                review_page(source, conf)
+            finally:
+                source.close()
+        return
+    probe = open_source(conf)
+    if probe is None:
+        return
+    try:
+        keyword, lang, fixed = filters(probe, with_lang=page in ("Overview", "Posts"))
+    finally:
+        probe.close()
+
+    @st.fragment(run_every=conf["refresh"] or None)
+    def body():
+        source = open_source(conf)
+        if source is None:
+            return
+        try:
+            span = current_span(source, fixed)
+            if page == "Overview":
+                overview(source, keyword, lang, span)
+            elif page == "Alerts":
+                alerts_page(source, keyword, span)
+            elif page == "Posts":
+                posts_page(source, keyword, lang, span)
+            else:
+                health_page(source, span)
+            every = f"refreshes every {conf['refresh']:g} s" if conf["refresh"] else "no automatic refresh"
+            st.caption(f"read at {dt.datetime.now(dt.timezone.utc):%H:%M:%S} UTC; {every}")
+        finally:
+            source.close()
+
+    body()
+
+
+main()

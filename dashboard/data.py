@@ -1,0 +1,415 @@
+"""What the dashboard reads: the same tables and views as `pulse sql`, locally or on BigQuery.
+
+`open_source(output)` gives a Source for a Parquet output directory (DuckDB over the files,
+connectors/duckdb_sql.py: the file list is taken when the Source opens, so each refresh opens
+a new one and sees the files written since; files being written have hidden names and are never
+read) or for `PROJECT:DATASET` (BigQuery, through the same views, created by
+`make bq-tables`). Every query below is BigQuery SQL over those views, rendered for DuckDB by
+the project's one dialect switch (connectors/sqlfiles.render), so the dashboard's figures are
+the figures `pulse sql` gives.
+
+The page functions in dashboard/app.py call the `*_frame` functions here; they take a Source
+and plain values and return pandas DataFrames, so tests call them without Streamlit.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+from typing import Any, Mapping
+
+import pandas as pd
+
+from connectors import sqlfiles
+from pipelines.options import output_kind
+
+UTC = dt.timezone.utc
+LABEL_CHOICES = ("negative", "neutral", "positive", "skip")
+
+
+class SourceError(RuntimeError):
+    """The output cannot be read (missing directory, unknown dataset), in one sentence."""
+
+
+class Source:
+    """Runs dashboard SQL (BigQuery dialect over `${dataset}.` views) on one output."""
+
+    kind = "?"
+    output = ""
+    warnings: list[str]
+
+    def frame(self, sql: str, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
+        raise NotImplementedError
+
+    def has_view(self, name: str) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+class ParquetSource(Source):
+    kind = "parquet"
+
+    def __init__(self, output: str, settings: sqlfiles.ViewSettings | None = None):
+        from connectors import duckdb_sql
+
+        self.output = output
+        self.settings = settings or sqlfiles.ViewSettings()
+        self.warnings = []
+        self._open()
+        if not any(os.scandir(output)):
+            self.warnings.append(f"{output} is empty: no table has been written yet")
+
+    def _open(self) -> None:
+        from connectors import duckdb_sql
+
+        try:
+            self._con, skipped = duckdb_sql.connect_with_warnings(self.output, settings=self.settings)
+        except duckdb_sql.OutputNotFound as e:
+            raise SourceError(str(e)) from None
+        self._note(skipped)
+
+    def _note(self, skipped) -> None:
+        for path, reason in skipped:
+            line = f"skipped unreadable file {path}: {reason}"
+            if line not in self.warnings:
+                self.warnings.append(line)
+
+    def frame(self, sql: str, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
+        """Run a query; a file whose data pages DuckDB cannot read (its footer was fine) is left
+        out and the query run again without it (a warning says which)."""
+        import duckdb
+
+        from connectors import duckdb_sql
+
+        text = sqlfiles.render(sql, "duckdb", variables=self.settings.variables())
+        for _ in range(20):
+            try:
+                cursor = self._con.execute(text, dict(params)) if params else self._con.execute(text)
+                return cursor.df()
+            except duckdb.Error as e:
+                bad = duckdb_sql.note_unreadable(e)
+                if bad is None:
+                    raise
+                self._note([bad])
+                self._con.close()
+                self._open()
+        raise SourceError(f"too many unreadable files under {self.output}")
+
+    def has_view(self, name: str) -> bool:
+        found = self._con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [name]).fetchone()
+        return bool(found and found[0])
+
+    def close(self) -> None:
+        self._con.close()
+
+
+class BigQuerySource(Source):
+    kind = "bigquery"
+
+    def __init__(self, dataset: str, settings: sqlfiles.ViewSettings | None = None,
+                 project: str | None = None, endpoint: str | None = None):
+        from connectors.bigquery import bigquery_client, split_dataset
+        from google.api_core import exceptions as gexc
+
+        self.output = dataset
+        self.settings = settings or sqlfiles.ViewSettings()
+        self.warnings = []
+        dataset_project, name = split_dataset(dataset, project)
+        self._client = bigquery_client(dataset_project or project, endpoint)
+        self._dataset = f"{dataset_project}:{name}" if dataset_project else name
+        try:
+            self._client.get_dataset(f"{dataset_project}.{name}" if dataset_project else name)
+        except gexc.NotFound:
+            raise SourceError(f"BigQuery dataset {dataset} does not exist (create it with make bq-tables)") from None
+        except gexc.GoogleAPICallError as e:
+            raise SourceError(f"cannot read BigQuery dataset {dataset}: {getattr(e, 'message', e)}") from None
+
+    def frame(self, sql: str, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
+        from google.cloud import bigquery
+
+        text = sqlfiles.render(sql, "bigquery", self._dataset, variables=self.settings.variables())
+        config = bigquery.QueryJobConfig(query_parameters=[_bq_param(k, v) for k, v in (params or {}).items()])
+        rows = [dict(row) for row in self._client.query(text, job_config=config).result()]
+        return pd.DataFrame(rows)
+
+
+def _bq_param(name: str, value: Any):
+    from google.cloud import bigquery
+
+    if isinstance(value, (list, tuple)):
+        return bigquery.ArrayQueryParameter(name, "STRING", list(value))
+    kind = ("BOOL" if isinstance(value, bool) else "INT64" if isinstance(value, int)
+            else "FLOAT64" if isinstance(value, float) else "TIMESTAMP" if isinstance(value, dt.datetime)
+            else "STRING")
+    return bigquery.ScalarQueryParameter(name, kind, value)
+
+
+def open_source(output: str, settings: sqlfiles.ViewSettings | None = None, project: str | None = None) -> Source:
+    """A Source for a Parquet output directory or a BigQuery PROJECT:DATASET."""
+    if output_kind(output) == "bigquery":
+        return BigQuerySource(output, settings, project)
+    if not os.path.isdir(output):
+        raise SourceError(f"no output directory {output!r}: run the job first (pulse run --output {output})")
+    return ParquetSource(output, settings)
+
+
+# ---- the queries (BigQuery SQL over the views of sql/views.sql) ---------------------------
+
+KEYWORDS = """
+SELECT DISTINCT keyword FROM ${dataset}.sentiment_windows_latest WHERE keyword != '*' ORDER BY keyword
+"""
+
+LANGS = """
+SELECT DISTINCT lang FROM ${dataset}.sentiment_windows_latest WHERE lang != '*' ORDER BY lang
+"""
+
+TIME_RANGE = """
+SELECT MIN(window_start) AS first_start, MAX(window_end) AS last_end FROM ${dataset}.sentiment_windows_latest
+"""
+
+WINDOWS = """
+SELECT window_start, window_end, keyword, lang, posts, positive, neutral, negative,
+       SAFE_DIVIDE(negative, posts) AS negative_share, mean_score, mean_confidence, low_confidence,
+       oov_rate, pane_index, pane_timing, model_version, emitted_at
+FROM ${dataset}.sentiment_windows_latest
+WHERE keyword = @keyword AND lang = @lang AND window_start >= @start AND window_start < @end
+ORDER BY window_start
+"""
+
+# Late panes shown as corrections: the window's on-time figures beside its latest (late) ones.
+CORRECTIONS = """
+WITH on_time AS (
+  SELECT window_start, keyword, lang, posts, negative
+  FROM ${dataset}.sentiment_windows
+  WHERE pane_timing = 'ON_TIME' AND keyword = @keyword AND lang = @lang
+  QUALIFY ROW_NUMBER() OVER (PARTITION BY window_start, keyword, lang ORDER BY emitted_at DESC) = 1
+)
+SELECT l.window_start, o.posts AS on_time_posts, l.posts AS corrected_posts,
+       SAFE_DIVIDE(o.negative, o.posts) AS on_time_negative_share,
+       SAFE_DIVIDE(l.negative, l.posts) AS corrected_negative_share, l.pane_index, l.emitted_at
+FROM ${dataset}.sentiment_windows_latest AS l
+LEFT JOIN on_time AS o USING (window_start, keyword, lang)
+WHERE l.pane_timing = 'LATE' AND l.keyword = @keyword AND l.lang = @lang
+  AND l.window_start >= @start AND l.window_start < @end
+ORDER BY l.window_start
+"""
+
+ALERTS = """
+SELECT window_start, window_end, keyword, kind, value, baseline, zscore, sample_post_ids, emitted_at
+FROM ${dataset}.alerts_unique
+WHERE (@keyword = '*' OR keyword = @keyword) AND window_start >= @start AND window_start < @end
+ORDER BY window_start DESC, keyword, kind
+"""
+
+POSTS_BY_ID = """
+SELECT post_id, keyword, text, label, score, confidence
+FROM ${dataset}.scored_posts_unique
+WHERE post_id IN (SELECT id FROM UNNEST(@post_ids) AS id)
+ORDER BY post_id
+"""
+
+POSTS = """
+SELECT created_at, keyword, lang, text, label, score, confidence, model_version, post_id, beyond_lateness
+FROM ${dataset}.scored_posts_unique
+WHERE (@keyword = '*' OR keyword = @keyword) AND (@lang = '*' OR lang = @lang)
+  AND created_at >= @start AND created_at < @end
+  AND (@search = '' OR STRPOS(LOWER(text), LOWER(@search)) > 0)
+ORDER BY created_at
+LIMIT 1000
+"""
+
+DEAD_LETTERS = """
+SELECT TIMESTAMP_SECONDS(UNIX_SECONDS(received_at) - MOD(UNIX_SECONDS(received_at), 60)) AS minute,
+       stage, reason, COUNT(*) AS dead_letters
+FROM ${dataset}.dead_letters_unique
+GROUP BY minute, stage, reason
+ORDER BY minute, stage, reason
+"""
+
+STORED = """
+SELECT (SELECT COUNT(*) FROM ${dataset}.scored_posts_unique) AS scored_posts,
+       (SELECT COUNT(*) FROM ${dataset}.dead_letters_unique) AS dead_letters,
+       (SELECT IFNULL(COUNTIF(IFNULL(beyond_lateness, FALSE)), 0) FROM ${dataset}.scored_posts_unique)
+         AS beyond_lateness,
+       (SELECT COUNT(*) FROM ${dataset}.sentiment_windows_latest WHERE pane_timing = 'LATE') AS corrected_windows
+"""
+
+DRIFT = """
+SELECT window_start, posts, oov_rate, mean_confidence,
+       SAFE_DIVIDE(positive, posts) AS positive_share, SAFE_DIVIDE(neutral, posts) AS neutral_share,
+       SAFE_DIVIDE(negative, posts) AS negative_share
+FROM ${dataset}.sentiment_windows_latest
+WHERE keyword = '*' AND lang = '*' AND window_start >= @start AND window_start < @end
+ORDER BY window_start
+"""
+
+REVIEW_QUEUE = """
+SELECT created_at, post_id, keyword, lang, text, label AS model_label, confidence, score, model_version
+FROM ${dataset}.review_queue_unique
+ORDER BY created_at, post_id, keyword
+"""
+
+
+def frame_or_empty(source: Source, sql: str, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    return source.frame(sql, params)
+
+
+def keywords(source: Source) -> list[str]:
+    return source.frame(KEYWORDS)["keyword"].tolist()
+
+
+def langs(source: Source) -> list[str]:
+    return source.frame(LANGS)["lang"].tolist()
+
+
+def time_range(source: Source) -> tuple[dt.datetime, dt.datetime] | None:
+    row = source.frame(TIME_RANGE)
+    if row.empty or pd.isna(row.iloc[0]["first_start"]):
+        return None
+    return _utc(row.iloc[0]["first_start"]), _utc(row.iloc[0]["last_end"])
+
+
+def _utc(value) -> dt.datetime:
+    ts = pd.Timestamp(value)
+    ts = ts.tz_localize(UTC) if ts.tzinfo is None else ts.tz_convert(UTC)
+    return ts.to_pydatetime()
+
+
+def windows(source: Source, keyword: str, lang: str, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
+    return source.frame(WINDOWS, {"keyword": keyword, "lang": lang, "start": start, "end": end})
+
+
+def corrections(source: Source, keyword: str, lang: str, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
+    return source.frame(CORRECTIONS, {"keyword": keyword, "lang": lang, "start": start, "end": end})
+
+
+def alerts(source: Source, keyword: str, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
+    return source.frame(ALERTS, {"keyword": keyword, "start": start, "end": end})
+
+
+def posts_by_id(source: Source, post_ids: list[str]) -> pd.DataFrame:
+    if not post_ids:
+        return pd.DataFrame(columns=["post_id", "keyword", "text", "label", "score", "confidence"])
+    return source.frame(POSTS_BY_ID, {"post_ids": list(post_ids)})
+
+
+def posts(source: Source, keyword: str, lang: str, start: dt.datetime, end: dt.datetime,
+          search: str = "") -> pd.DataFrame:
+    return source.frame(POSTS, {"keyword": keyword, "lang": lang, "start": start, "end": end,
+                                "search": search or ""})
+
+
+def dead_letters(source: Source) -> pd.DataFrame:
+    return source.frame(DEAD_LETTERS)
+
+
+def stored(source: Source) -> dict:
+    row = source.frame(STORED)
+    return {k: 0 if pd.isna(v) else int(v) for k, v in row.iloc[0].items()}
+
+
+BALANCE = """
+SELECT * FROM ${dataset}.job_balance ORDER BY started_at DESC
+"""
+
+
+def balance(source: Source) -> pd.DataFrame | None:
+    """The job's counters per run (read = scored + duplicates + dead letters), where `pulse run` wrote them."""
+    if not source.has_view("job_balance"):
+        return None
+    return source.frame(BALANCE)
+
+
+def drift(source: Source, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
+    return source.frame(DRIFT, {"start": start, "end": end})
+
+
+def review_queue(source: Source, done: set[tuple[str, str]] | frozenset = frozenset()) -> pd.DataFrame:
+    """The low-confidence posts, oldest first, less those (post_id, keyword) already labelled."""
+    queue = source.frame(REVIEW_QUEUE)
+    if done and not queue.empty:
+        keep = [(p, k) not in done for p, k in zip(queue["post_id"], queue["keyword"])]
+        queue = queue[keep]
+    return queue.reset_index(drop=True)
+
+
+# ---- the review desk ----------------------------------------------------------------------
+
+RECENT_LABELS = """
+SELECT labelled_at, post_id, keyword, lang, label, model_label, text, model_version, label_id
+FROM ${dataset}.labels_latest
+WHERE reviewer = @reviewer
+ORDER BY labelled_at DESC, label_id
+LIMIT 20
+"""
+
+
+AGREEMENT = """
+SELECT * FROM ${dataset}.label_agreement ORDER BY reviewer = '*' DESC, reviewer, model_version
+"""
+
+
+def agreement(source: Source) -> pd.DataFrame:
+    """The label_agreement view: each reviewer (and '*', everyone) against the model and each other."""
+    return source.frame(AGREEMENT)
+
+
+class ReviewDesk:
+    """The review desk's reads and writes: connectors/labels.py's store for this output.
+
+    A first label of (post, keyword, reviewer) is written once, whatever the number of tabs
+    (the store's atomic create); a correction names the label it corrects; the views keep the
+    latest per (post, keyword, reviewer).
+    """
+
+    def __init__(self, source: Source, project: str | None = None):
+        from connectors import labels
+
+        self.source = source
+        if source.kind == "bigquery":
+            self.store = labels.BigQueryLabelStore(source.output, project=project)
+        else:
+            self.store = labels.ParquetLabelStore(source.output)
+
+    def labelled(self, reviewer: str) -> set[tuple[str, str]]:
+        return self.store.labelled(reviewer)
+
+    @staticmethod
+    def _post(row: Mapping[str, Any]) -> dict:
+        post = dict(row)
+        post["label"] = row.get("model_label")  # the store's `label` of a post is the model's
+        return post
+
+    def record(self, row: Mapping[str, Any], label: str, reviewer: str) -> tuple[bool, str]:
+        result = self.store.record(self._post(row), label, reviewer)
+        if result.written:
+            return True, f"{row['post_id']} ({row['keyword']}): {label}"
+        return False, (f"{row['post_id']} ({row['keyword']}) was already labelled {result.label} by {reviewer} "
+                       "(another tab?); nothing written")
+
+    def recent(self, reviewer: str, limit: int = 10) -> pd.DataFrame:
+        return self.source.frame(RECENT_LABELS, {"reviewer": reviewer}).head(limit)
+
+    def correct(self, old: Mapping[str, Any], label: str, reviewer: str) -> tuple[bool, str]:
+        result = self.store.record(self._post(old), label, reviewer, correcting=old["label_id"])
+        if result.written:
+            return True, f"{old['post_id']} ({old['keyword']}) is now {label}"
+        return False, (f"{old['post_id']} ({old['keyword']}) was corrected elsewhere meanwhile: it is "
+                       f"{result.label}; nothing written")
+
+
+def label_store(source: Source, project: str | None = None) -> ReviewDesk:
+    return ReviewDesk(source, project)
+
+
+def save_list(desk, rows: list[dict], edits: Mapping[Any, Mapping[str, Any]], reviewer: str) -> tuple[int, int]:
+    """The list view's labels: `edits` is Streamlit's data_editor state ({row index: {"label": ...}})
+    over `rows`, the queue rows as they were shown. Returns (written, already labelled elsewhere)."""
+    written = already = 0
+    for index, change in sorted(edits.items(), key=lambda kv: int(kv[0])):
+        label = change.get("label")
+        if label and 0 <= int(index) < len(rows):
+            ok, _ = desk.record(rows[int(index)], label, reviewer)
+            written, already = written + ok, already + (not ok)
+    return written, already

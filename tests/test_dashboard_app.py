@@ -1,0 +1,201 @@
+"""The dashboard's pages through Streamlit's own test harness (AppTest), against the job's real
+output of the sample stream: every figure on a page equals SQL over the same views; bad
+outputs give one line on the page, never a traceback.
+
+    .venv/bin/pytest tests/test_dashboard_app.py -q
+"""
+import os
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from connectors import duckdb_sql
+from dashboard import cli, data
+
+APP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dashboard", "app.py")
+
+pytestmark = pytest.mark.integration
+
+
+def app(monkeypatch, output, page="Overview", reviewer="tester", **params) -> AppTest:
+    monkeypatch.setenv("PULSE_DASHBOARD_OUTPUT", output)
+    monkeypatch.setenv("PULSE_DASHBOARD_REFRESH", "0")
+    monkeypatch.setenv("PULSE_DASHBOARD_REVIEWER", reviewer)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["page"] = page
+    for key, value in params.items():
+        at.query_params[key] = value
+    return at.run()
+
+
+def sql(out, text):
+    return duckdb_sql.query(out, text)[1]
+
+
+def no_traceback(at):
+    assert [e.value for e in at.exception] == []
+
+
+def metric_values(at) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def test_overview_figures_equal_sql(monkeypatch, dashboard_output):
+    at = app(monkeypatch, dashboard_output)
+    no_traceback(at)
+    [(posts, negative)] = sql(dashboard_output, "SELECT sum(posts), sum(negative) FROM sentiment_windows_latest "
+                                                "WHERE keyword = '*' AND lang = '*'")
+    [(alerts,)] = sql(dashboard_output, "SELECT count(*) FROM alerts_unique")
+    shown = metric_values(at)
+    assert shown["Posts"] == f"{posts:,}"
+    assert shown["Negative share"] == f"{negative / posts:.1%}"
+    assert shown["Alerts"] == str(alerts)
+
+
+def test_late_panes_are_shown_as_corrections(monkeypatch, dashboard_output):
+    late = sql(dashboard_output, "SELECT window_start, posts FROM sentiment_windows_latest "
+                                 "WHERE keyword = '*' AND lang = '*' AND pane_timing = 'LATE' ORDER BY 1")
+    assert late, "the sample stream has late posts"
+    at = app(monkeypatch, dashboard_output)
+    fixes = at.dataframe[0].value
+    assert [(t.to_pydatetime(), n) for t, n in zip(fixes["window_start"], fixes["corrected_posts"])] == late
+    assert (fixes["corrected_posts"] >= fixes["on_time_posts"]).all()
+
+
+def test_a_keyword_filter_narrows_every_figure(monkeypatch, dashboard_output):
+    [(keyword,)] = sql(dashboard_output, "SELECT keyword FROM alerts_unique ORDER BY window_start LIMIT 1")
+    at = app(monkeypatch, dashboard_output, keyword=keyword)
+    no_traceback(at)
+    [(posts, negative)] = sql(dashboard_output, f"SELECT sum(posts), sum(negative) FROM sentiment_windows_latest "
+                                                f"WHERE keyword = '{keyword}' AND lang = '*'")
+    [(alerts,)] = sql(dashboard_output, f"SELECT count(*) FROM alerts_unique WHERE keyword = '{keyword}'")
+    shown = metric_values(at)
+    assert (shown["Posts"], shown["Alerts"]) == (f"{posts:,}", str(alerts))
+    assert at.header[0].value == f"Overview: {keyword}"
+
+
+def test_alerts_list_each_alert_with_its_sample_posts_and_a_link_to_its_window(monkeypatch, dashboard_output):
+    at = app(monkeypatch, dashboard_output, page="Alerts")
+    no_traceback(at)
+    alerts = sql(dashboard_output, "SELECT window_start, keyword, kind, zscore FROM alerts_unique "
+                                   "ORDER BY window_start DESC, keyword, kind")
+    assert len(at.expander) == len(alerts) > 0
+    start, keyword, kind, zscore = alerts[0]
+    assert at.expander[0].label.startswith(f"{start:%Y-%m-%d %H:%M} · {keyword} · {kind} · z = {zscore:.1f}")
+    link = at.expander[0].markdown[0].value
+    assert "page=Posts" in link and f"keyword={keyword}" in link
+    samples = at.expander[0].dataframe[0].value
+    [(ids,)] = sql(dashboard_output, f"SELECT sample_post_ids FROM alerts_unique WHERE keyword = '{keyword}' "
+                                     f"AND kind = '{kind}' AND window_start = '{start.isoformat()}'")
+    assert sorted(samples["post_id"]) == sorted(ids)
+
+
+def test_posts_of_a_window_are_searchable(monkeypatch, dashboard_output):
+    [(start, end, keyword)] = sql(dashboard_output, "SELECT window_start, window_end, keyword FROM alerts_unique "
+                                                    "ORDER BY window_start LIMIT 1")
+    iso = {"start": start.strftime("%Y-%m-%dT%H:%M:%SZ"), "end": end.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    at = app(monkeypatch, dashboard_output, page="Posts", keyword=keyword, **iso)
+    no_traceback(at)
+    shown = at.dataframe[0].value
+    expected = sql(dashboard_output, f"SELECT post_id FROM scored_posts_unique WHERE keyword = '{keyword}' AND "
+                                     f"created_at >= '{iso['start']}' AND created_at <= '{iso['end']}'")
+    assert sorted(shown["post_id"]) == sorted(p for (p,) in expected)
+    word = shown["text"].iloc[0].split()[0]
+    at.text_input[0].input(word).run()
+    searched = at.dataframe[0].value
+    assert 0 < len(searched) <= len(shown)
+    assert all(word.lower() in t.lower() for t in searched["text"])
+
+
+def test_health_shows_the_stored_rows_dead_letters_and_drift(monkeypatch, dashboard_output):
+    at = app(monkeypatch, dashboard_output, page="Health")
+    no_traceback(at)
+    [(stored, dead, late)] = sql(dashboard_output, "SELECT (SELECT count(*) FROM scored_posts_unique), "
+                                                   "(SELECT count(*) FROM dead_letters_unique), "
+                                                   "(SELECT countif(beyond_lateness) FROM scored_posts_unique)")
+    shown = metric_values(at)
+    assert (shown["Scored posts stored"], shown["Dead letters"]) == (f"{stored:,}", f"{dead:,}")
+    assert shown["Posts past the allowed lateness"] == f"{late:,}"
+    by_reason = at.dataframe[-1].value if dead else None
+    if dead:
+        assert int(by_reason["dead_letters"].sum()) == dead
+
+
+def test_a_missing_output_is_one_line_on_the_page(monkeypatch, tmp_path):
+    at = app(monkeypatch, str(tmp_path / "nowhere"))
+    no_traceback(at)
+    assert [e.value for e in at.error] == [f"no output directory '{tmp_path / 'nowhere'}': run the job first "
+                                           f"(pulse run --output {tmp_path / 'nowhere'})"]
+
+
+def test_an_empty_output_says_so_and_renders(monkeypatch, tmp_path):
+    for page in ("Overview", "Alerts", "Posts", "Health", "Review"):
+        at = app(monkeypatch, str(tmp_path), page=page)
+        no_traceback(at)
+        assert any("is empty" in w.value for w in at.warning), page
+
+
+def test_a_corrupt_parquet_file_is_skipped_with_a_warning(monkeypatch, fresh_dashboard_output):
+    folder = os.path.join(fresh_dashboard_output, "scored_posts", "2026-11-24")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "999999-p0-broken.parquet"), "wb") as f:
+        f.write(b"PAR1 this is not a parquet file")
+    for page in ("Overview", "Posts", "Health"):
+        at = app(monkeypatch, fresh_dashboard_output, page=page)
+        no_traceback(at)
+        assert any("999999-p0-broken.parquet" in w.value for w in at.warning), page
+    assert metric_values(at)["Scored posts stored"] != "0"
+
+
+def test_the_cli_binds_to_loopback_and_refuses_a_missing_bigquery_dataset(capsys, monkeypatch):
+    args = cli.parser().parse_args(["--output", "out"])
+    assert args.address == "127.0.0.1" and cli.is_loopback(args.address)
+    assert not cli.is_loopback("0.0.0.0") and cli.is_loopback("::1") and cli.is_loopback("localhost")
+    command = cli.streamlit_command("127.0.0.1", 8765)
+    assert command[command.index("--server.address") + 1] == "127.0.0.1"
+    assert command[command.index("--browser.gatherUsageStats") + 1] == "false"
+    assert cli.main(["--output", "out", "--refresh", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == "pulse dashboard: error: --refresh cannot be negative"
+
+
+def test_a_bigquery_dataset_that_does_not_exist_is_one_line(bq_emulator, capsys, monkeypatch):
+    from tests.fixtures.bigquery import PROJECT
+
+    monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", bq_emulator.split("//", 1)[1])
+    assert cli.main(["--output", f"{PROJECT}:no_such_dataset"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"pulse dashboard: error: BigQuery dataset {PROJECT}:no_such_dataset does not "
+                   "exist (create it with make bq-tables)"]
+    with pytest.raises(data.SourceError, match="does not exist"):
+        data.open_source(f"{PROJECT}:no_such_dataset")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("address, warned", [("127.0.0.1", False), ("0.0.0.0", True)])
+def test_the_dashboard_serves_on_the_port_it_prints(address, warned, dashboard_output, tmp_path):
+    import re
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "dashboard", "--output", dashboard_output,
+                             "--port", "0", "--address", address], stdout=subprocess.PIPE,
+                            stderr=open(tmp_path / "err.log", "w"), text=True, start_new_session=True)
+    try:
+        line = proc.stdout.readline()
+        port = int(re.fullmatch(r"pulse dashboard: http://[\d.]+:(\d+)/ \(output .*; Ctrl\+C stops\)\n", line)[1])
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "err.log").read_text()
+                time.sleep(0.3)
+        err = (tmp_path / "err.log").read_text()
+        assert ("anyone who can reach this machine" in err) == warned
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
