@@ -272,12 +272,39 @@ def ensure_tables(dataset: str, project: str | None = None, endpoint: str | None
                                                         field=PARTITION_COLUMN[table])
         if any(f.name == CLUSTER_COLUMN for f in fields):
             t.clustering_fields = [CLUSTER_COLUMN]
-        client.create_table(t, exists_ok=True)
+        widen_schema(client, client.create_table(t, exists_ok=True), fields)
         created.append(f"{ds_id}.{table}")
     if views:
         for statement in sqlfiles.view_statements("bigquery", ds_id):
             client.query(statement).result()
     return created
+
+
+def widen_schema(client, table, fields) -> bool:
+    """Bring a table made by an older release up to the contract, in place: add the NULLABLE
+    columns it lacks (e.g. scored_posts.skip_reason, sentiment_windows.unsupported) and relax
+    the REQUIRED columns the contract now makes NULLABLE (scored_posts.label ...). BigQuery allows
+    both without rewriting the table. True when the schema changed."""
+    from google.cloud import bigquery
+
+    contract = {f.name: f for f in fields}
+    schema, changed = [], False
+    for column in table.schema:
+        want = contract.get(column.name)
+        if want is not None and column.mode == "REQUIRED" and want.mode == "NULLABLE":
+            column = bigquery.SchemaField.from_api_repr({**column.to_api_repr(), "mode": "NULLABLE"})
+            changed = True
+        schema.append(column)
+    have = {column.name for column in table.schema}
+    for f in fields:
+        if f.name in have or f.mode == "REQUIRED":  # a REQUIRED column cannot be added to rows already there
+            continue
+        schema.append(bigquery.SchemaField(f.name, f.type, mode=f.mode, description=f.description or None))
+        changed = True
+    if changed:
+        table.schema = schema
+        client.update_table(table, ["schema"])
+    return changed
 
 
 # ---- the sink ---------------------------------------------------------------------------

@@ -126,16 +126,19 @@ SCORED_POSTS = (
     Field("created_at", "TIMESTAMP", "REQUIRED", "event time"),
     Field("text", "STRING", "REQUIRED", "raw text as received"),
     Field("clean_text", "STRING", "NULLABLE", "text as the model saw it"),
-    Field("label", "STRING", "REQUIRED", "negative|neutral|positive"),
-    Field("score", "FLOAT64", "REQUIRED", "[-1, 1]"),
+    Field("label", "STRING", "NULLABLE", "negative|neutral|positive; NULL when not scored (skip_reason)"),
+    Field("score", "FLOAT64", "NULLABLE", "[-1, 1]; NULL when not scored"),
     Field("stars", "INT64", "NULLABLE", "1-5 where the model rates stars"),
-    Field("confidence", "FLOAT64", "REQUIRED", "max class probability"),
+    Field("confidence", "FLOAT64", "NULLABLE", "max class probability; NULL when not scored"),
     Field("token_count", "INT64"),
     Field("oov_count", "INT64"),
-    Field("model_version", "STRING", "REQUIRED"),
+    Field("model_version", "STRING", "NULLABLE", "the version that scored the post; NULL when not scored"),
     Field("processed_at", "TIMESTAMP", "REQUIRED"),
     Field("beyond_lateness", "BOOL", "NULLABLE",
           "arrived after its window's allowed lateness: in no streaming pane, in sentiment_windows_final"),
+    Field("skip_reason", "STRING", "NULLABLE",
+          "why no model labelled the post (unsupported_language: no model is configured for its lang); "
+          "NULL for a scored post"),
 )
 
 SENTIMENT_WINDOWS = (
@@ -143,14 +146,17 @@ SENTIMENT_WINDOWS = (
     Field("window_end", "TIMESTAMP", "REQUIRED"),
     Field("keyword", "STRING", "REQUIRED", "'*' = all keywords"),
     Field("lang", "STRING", "REQUIRED", "'*' = all languages"),
-    Field("posts", "INT64", "REQUIRED"),
+    Field("posts", "INT64", "REQUIRED", "every post in the window (volume), labelled or not"),
     Field("positive", "INT64", "REQUIRED"),
     Field("neutral", "INT64", "REQUIRED"),
     Field("negative", "INT64", "REQUIRED"),
-    Field("mean_score", "FLOAT64"),
-    Field("mean_confidence", "FLOAT64"),
+    Field("mean_score", "FLOAT64", "NULLABLE", "over labelled posts; NULL when none"),
+    Field("mean_confidence", "FLOAT64", "NULLABLE", "over labelled posts; NULL when none"),
     Field("low_confidence", "INT64", "REQUIRED"),
     Field("oov_rate", "FLOAT64", "NULLABLE", "share of tokens outside the model's vocabulary"),
+    Field("unsupported", "INT64", "NULLABLE",
+          "posts with a skip_reason (no label): positive + neutral + negative = posts - unsupported; "
+          "NULL in panes written before the column existed (read as 0)"),
     Field("pane_index", "INT64", "REQUIRED"),
     Field("pane_timing", "STRING", "REQUIRED", "EARLY|ON_TIME|LATE|UNKNOWN"),
     Field("model_version", "STRING"),
@@ -161,7 +167,9 @@ ALERTS = (
     Field("window_start", "TIMESTAMP", "REQUIRED"),
     Field("window_end", "TIMESTAMP", "REQUIRED"),
     Field("keyword", "STRING", "REQUIRED"),
-    Field("kind", "STRING", "REQUIRED", "negative_surge|volume_spike"),
+    Field("kind", "STRING", "REQUIRED",
+          "negative_surge|volume_spike|oov_drift|confidence_drift|class_mix_drift (the job), model_degraded "
+          "(connectors/accuracy_watch.py)"),
     Field("value", "FLOAT64", "REQUIRED"),
     Field("baseline", "FLOAT64", "REQUIRED"),
     Field("zscore", "FLOAT64", "REQUIRED"),
@@ -271,6 +279,9 @@ class ModelSpec:
     name: str = "model"
     vocab_size: int | None = None
     max_length: int | None = None
+    # The languages the model was trained for (primary subtags, e.g. ("en",)); None (model.json
+    # without "languages") or "*" among them: any language (transforms/language.supports).
+    languages: tuple[str, ...] | None = None
     extra: dict = dataclasses.field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
@@ -286,6 +297,14 @@ class ModelSpec:
             raise ValueError(f"class_labels must map each class to one of {LABELS}")
         if self.class_stars is not None and len(self.class_stars) != n:
             raise ValueError("class_stars must have one entry per class")
+        if isinstance(self.languages, str):  # "languages": "*" in model.json
+            object.__setattr__(self, "languages", (self.languages,))
+        if self.languages is not None:
+            if (not isinstance(self.languages, tuple) or not self.languages
+                    or any(not isinstance(code, str) or not code.strip() for code in self.languages)):
+                raise ValueError('languages must be a non-empty list of language codes such as ["en"] '
+                                 '(or "*" for any language)')
+            object.__setattr__(self, "languages", tuple(code.strip().lower() for code in self.languages))
 
     @property
     def labels(self) -> tuple[str, ...]:

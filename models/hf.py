@@ -31,6 +31,7 @@ Class layouts (from the checkpoint's `config.id2label`), softmax always, never a
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import hashlib
 import json
 import os
@@ -328,4 +329,36 @@ def create_hf_handler(name_or_path: str, *, max_length: int | None = None,
     spec = spec_from_id2label(config.id2label, version=checkpoint_version(name_or_path, config, config_bytes),
                               name=os.path.basename(os.path.normpath(name_or_path.rstrip("/"))),
                               max_length=limit)
+    languages = checkpoint_languages(name_or_path) if local else None
+    if languages is not None:
+        spec = dataclasses.replace(spec, languages=languages)
     return BertModelHandler(name_or_path, max_length=limit, **batching), spec
+
+
+def checkpoint_languages(directory: str) -> tuple[str, ...] | None:
+    """The "languages" of a model.json beside a checkpoint's config.json, or None (any language)
+    where there is none or it names none. A Hugging Face config says nothing about languages; a
+    model.json in the directory is this project's way to say it (DESIGN.md, model contract).
+    Raises ValueError for a model.json that is not a JSON object or names languages wrongly."""
+    try:
+        if locations.is_remote(directory):
+            raw = locations.read_bytes(directory, "model.json")
+        else:
+            with open(os.path.join(directory, "model.json"), "rb") as f:
+                raw = f.read()
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+    except OSError as e:
+        if locations.is_remote(directory):
+            return None  # Beam's FileSystems reports a missing remote file as an IOError of its own
+        raise ValueError(f"cannot read {directory}/model.json: {e}") from None
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        raise ValueError(f"{directory}/model.json is not JSON") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{directory}/model.json is not a JSON object")
+    languages = meta.get("languages")
+    if languages is None:
+        return None
+    return ModelSpec(languages=tuple(languages) if isinstance(languages, list) else languages).languages

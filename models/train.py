@@ -524,6 +524,7 @@ def run(data_dir, out_dir, seed=data_lib.DEFAULT_SEED, epochs=DEFAULT_EPOCHS, su
         "label_cuts": list(data_lib.LABEL_CUTS),
         "vocab_size": MAX_TOKENS,
         "max_length": MAX_LENGTH,
+        "languages": ["en"],  # the corpora are English (transforms/language.supports routes the rest)
         "input_normalization": "models.textnorm.normalize",
         "outputs": {"probabilities": "float32 [batch, 3]", "token_count": "int64 [batch]",
                     "oov_count": "int64 [batch]"},

@@ -123,7 +123,7 @@ def fetch(client, dataset, table, order_by):
 def test_beam_writes_all_tables_and_creates_them_partitioned(bq_emulator, bq_client):
     dataset = f"pulse_{uuid.uuid4().hex[:8]}"
     bq_client.create_dataset(dataset)
-    broken = dict(POSTS[0], post_id="broken", label=None)
+    broken = dict(POSTS[0], post_id="broken", text=None)  # text is REQUIRED
     result = write_with_beam(bq_emulator, dataset, {
         "scored_posts": POSTS + [broken], "sentiment_windows": WINDOWS, "alerts": ALERTS,
         "review_queue": POSTS[3:4], "dead_letters": DEAD})
@@ -141,7 +141,7 @@ def test_beam_writes_all_tables_and_creates_them_partitioned(bq_emulator, bq_cli
     assert [(d["stage"], d["payload"]) for d in dead if d["stage"] != "write"] == [
         (d["stage"], d["payload"]) for d in DEAD]
     [write] = [d for d in dead if d["stage"] == "write"]
-    assert write["reason"] == "bigquery scored_posts: label: required field is missing"
+    assert write["reason"] == "bigquery scored_posts: text: required field is missing"
     assert json.loads(write["payload"])["post_id"] == "broken"
     assert counter(result, "bigquery_invalid_rows") == 1
 

@@ -315,9 +315,12 @@ def test_window_consistency_is_empty_on_the_jobs_output(two_runs):
         compared = con.execute("""
             SELECT COUNT(*), COUNT(*) FILTER (
               s.posts = f.posts AND s.positive = f.positive AND s.neutral = f.neutral AND s.negative = f.negative
-              AND abs(s.mean_score - f.mean_score) < 1e-9 AND abs(s.mean_confidence - f.mean_confidence) < 1e-9
+              AND coalesce(abs(s.mean_score - f.mean_score) < 1e-9, s.mean_score IS NULL AND f.mean_score IS NULL)
+              AND coalesce(abs(s.mean_confidence - f.mean_confidence) < 1e-9,
+                           s.mean_confidence IS NULL AND f.mean_confidence IS NULL)
+              AND coalesce(s.unsupported, 0) = coalesce(f.unsupported, 0)
               AND s.low_confidence = f.low_confidence AND s.oov_rate IS NOT DISTINCT FROM f.oov_rate
-              AND s.model_version = f.model_version)
+              AND s.model_version IS NOT DISTINCT FROM f.model_version)
             FROM sentiment_windows_latest AS s JOIN sentiment_windows_final AS f USING (window_start, window_end,
                                                                                      keyword, lang)""").fetchone()
         windows = con.execute("SELECT COUNT(*) FROM sentiment_windows_final WHERE posts_beyond_lateness = 0"

@@ -125,7 +125,7 @@ def test_every_window_equals_sql_over_scored_posts(job):
     _, _, out = job
     latest = sql(out, """
         SELECT window_start, keyword, lang, posts, positive, neutral, negative, mean_score, mean_confidence,
-               low_confidence, oov_rate
+               low_confidence, oov_rate, coalesce(unsupported, 0)
         FROM sentiment_windows
         QUALIFY row_number() OVER (PARTITION BY window_start, keyword, lang ORDER BY pane_index DESC) = 1
         ORDER BY ALL""")
@@ -140,13 +140,26 @@ def test_every_window_equals_sql_over_scored_posts(job):
         SELECT window_start, keyword, lang, count(*), count(*) FILTER (label = 'positive'),
                count(*) FILTER (label = 'neutral'), count(*) FILTER (label = 'negative'), avg(score),
                avg(confidence), count(*) FILTER (confidence < 0.6),
-               sum(oov_count)::DOUBLE / nullif(sum(token_count), 0)
+               sum(oov_count)::DOUBLE / nullif(sum(token_count), 0), count(*) FILTER (skip_reason IS NOT NULL)
         FROM keyed GROUP BY ALL ORDER BY ALL""")
     assert len(latest) == len(expected) > 20
     for got, want in zip(latest, expected):
-        assert got[:7] == want[:7] and got[9] == want[9]
+        assert got[:7] == want[:7] and got[9] == want[9] and got[11] == want[11]
         for a, b in ((got[7], want[7]), (got[8], want[8]), (got[10], want[10])):
-            assert a == pytest.approx(b, rel=1e-9, abs=1e-12)
+            assert (a is None and b is None) or a == pytest.approx(b, rel=1e-9, abs=1e-12)
+    # The French posts (English texts, but tagged fr) are not for the English-only model.
+    assert any(row[11] > 0 for row in latest) and any(row[11] == 0 for row in latest)
+
+
+def test_posts_in_a_language_the_model_was_not_trained_for_are_stored_unscored(job):
+    _, _, out = job
+    by_lang = dict(sql(out, """SELECT lang, list(DISTINCT coalesce(skip_reason, 'scored') ORDER BY 1)
+                              FROM scored_posts GROUP BY lang"""))
+    assert by_lang["fr"] == ["unsupported_language"]
+    assert by_lang["en"] == ["scored"]
+    assert sql(out, "SELECT count(*) FROM scored_posts WHERE skip_reason IS NOT NULL AND "
+                    "(label IS NOT NULL OR confidence IS NOT NULL OR model_version IS NOT NULL)") == [(0,)]
+    assert sql(out, "SELECT count(*) FROM review_queue WHERE lang = 'fr'") == [(0,)]
 
 
 def test_panes_are_numbered_and_timed(job):
@@ -178,7 +191,7 @@ def test_scored_rows_are_the_models_own_probabilities(job, tiny_bundled_model):
     from models.contracts import ModelSpec
     _, _, out = job
     rows = sql(out, """SELECT clean_text, label, score, confidence, token_count, oov_count, model_version
-                       FROM scored_posts ORDER BY post_id""")
+                       FROM scored_posts WHERE skip_reason IS NULL ORDER BY post_id""")
     texts = sorted({r[0] for r in rows})
     outputs = tf.saved_model.load(tiny_bundled_model).signatures["serving_default"](text=tf.constant(texts))
     probabilities = dict(zip(texts, outputs["probabilities"].numpy().tolist()))

@@ -64,7 +64,7 @@ def post(post_id, keyword, created_at, label, score, confidence, oov=1, version=
         "created_at": created_at, "text": f"text of {post_id}", "clean_text": f"text of {post_id}",
         "label": label, "score": score, "stars": None, "confidence": confidence,
         "token_count": 10, "oov_count": oov, "model_version": version, "processed_at": ts(12, 0),
-        "beyond_lateness": None,
+        "beyond_lateness": None, "skip_reason": None,
     }
 
 
@@ -156,7 +156,8 @@ def output_dir(tmp_path_factory):
 
 
 VIEWS = ("scored_posts_unique", "review_queue_unique", "dead_letters_unique", "sentiment_windows_latest",
-         "alerts_unique", "sentiment_windows_final", "labels_latest", "label_agreement", "job_balance")
+         "alerts_unique", "sentiment_windows_final", "labels_latest", "label_agreement", "job_balance",
+         "labels_resolved", "model_accuracy")
 
 
 def run(output_dir, name, settings=None, **params):
@@ -489,7 +490,7 @@ EDGE_POSTS = POSTS + [
     dict(post("e5", "acme", ts(10, 2, 1), "positive", 0.3, 0.55), token_count=None, oov_count=None),
 ]
 FIGURES = ("posts", "positive", "neutral", "negative", "mean_score", "mean_confidence", "low_confidence",
-           "oov_rate", "model_version")
+           "oov_rate", "unsupported", "model_version")
 
 
 def rows_by_key(rows):

@@ -16,6 +16,11 @@ plain sums that SQL over scored_posts reproduces exactly (sql/ and the end-to-en
 
 The accumulator also keeps the most negative post ids of the window, which alerts
 quote as samples; they are not part of the SentimentWindow row.
+
+A post no model labelled (a `skip_reason`, e.g. unsupported_language: label, score and
+confidence NULL) counts in `posts` (the window's volume) and in `unsupported`, and in nothing
+else: positive + neutral + negative = posts - unsupported, and the means, low_confidence and
+oov_rate are over the labelled posts only (NULL when there are none).
 """
 from __future__ import annotations
 
@@ -43,6 +48,7 @@ _TIMING = {
 @dataclasses.dataclass
 class Stats:
     posts: int = 0
+    unsupported: int = 0  # posts no model labelled (skip_reason set)
     positive: int = 0
     neutral: int = 0
     negative: int = 0
@@ -67,13 +73,23 @@ def four_keys(keyword: str, lang: str) -> tuple:
     return (keyword, lang), (keyword, ALL), (ALL, lang), (ALL, ALL)
 
 
+def unlabelled(row: dict) -> bool:
+    """A stored post no model labelled: a skip_reason (unsupported_language), or no label at all."""
+    return row.get("skip_reason") is not None or row.get("label") is None
+
+
 def add_post(stats: Stats, row: dict, low_confidence_below: float) -> Stats:
+    if unlabelled(row):
+        version = row.get("model_version")  # None for unsupported_language rows
+        return dataclasses.replace(stats, posts=stats.posts + 1, unsupported=stats.unsupported + 1,
+                                   model_versions=stats.model_versions | ({version} if version else set()))
     label = row["label"]
     negatives = stats.most_negative
     if label == "negative":
         negatives = tuple(heapq.nsmallest(SAMPLE_POSTS, negatives + ((row["score"], row["post_id"]),)))
     return Stats(
         posts=stats.posts + 1,
+        unsupported=stats.unsupported,
         positive=stats.positive + (label == "positive"),
         neutral=stats.neutral + (label == "neutral"),
         negative=stats.negative + (label == "negative"),
@@ -90,6 +106,7 @@ def add_post(stats: Stats, row: dict, low_confidence_below: float) -> Stats:
 def merge(a: Stats, b: Stats) -> Stats:
     return Stats(
         posts=a.posts + b.posts,
+        unsupported=a.unsupported + b.unsupported,
         positive=a.positive + b.positive,
         neutral=a.neutral + b.neutral,
         negative=a.negative + b.negative,
@@ -157,13 +174,14 @@ def window_row(key: tuple[str, str], stats: Stats, window_start: float, window_e
                pane_index: int, pane_timing: str, emitted_at=None) -> dict:
     """(key, Stats) of one pane -> a SentimentWindow row (plus the private `_sample_post_ids`)."""
     keyword, lang = key
-    n = stats.posts
+    n = stats.posts - stats.unsupported  # the labelled posts: the means are theirs
     return {
         "window_start": utc_from_epoch(window_start),
         "window_end": utc_from_epoch(window_end),
         "keyword": keyword,
         "lang": lang,
-        "posts": n,
+        "posts": stats.posts,
+        "unsupported": stats.unsupported,
         "positive": stats.positive,
         "neutral": stats.neutral,
         "negative": stats.negative,

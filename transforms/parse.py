@@ -29,6 +29,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from models.contracts import is_valid_text, parse_rfc3339, repair_text
+from transforms.language import detect as detect_language
 from transforms.records import Post, dead_letter, safe_reason, utc_from_epoch
 
 MAX_TEXT_CHARS = 10_000
@@ -37,7 +38,7 @@ MAX_PAYLOAD_BYTES = 256 * 1024  # a 10,000-character post escaped as \\uXXXX pai
 MAX_JSON_DEPTH = 32
 MAX_NUMBER_CHARS = 64
 MAX_REASON_CHARS = 1000
-DEFAULT_LANG = "und"
+DEFAULT_LANG = "und"  # what transforms/language.detect answers when it cannot tell
 DEFAULT_KEYWORD = "(none)"
 RESERVED = "*"  # the roll-up rows' keyword and language (transforms/aggregate.py ALL)
 NAMESPACE = "sentiment_pulse"
@@ -148,7 +149,18 @@ def parse_post(data: bytes, attributes: dict | None, publish_time: float | None,
     Whatever the bytes hold, this either returns a Post whose every string is valid
     Unicode within its length cap, or raises ParseError: nothing downstream (the model,
     the Parquet and BigQuery writers) can be handed a value it cannot take.
+
+    A post without `lang` (neither in the body nor as an attribute) gets the language
+    transforms/language.detect finds in its text ('und' when it cannot tell); a given
+    `lang` is kept as sent (lower case).
     """
+    return parse_post_detected(data, attributes, publish_time, watermark, message_id)[0]
+
+
+def parse_post_detected(data: bytes, attributes: dict | None, publish_time: float | None,
+                        watermark: float | None = None, message_id: str | None = None
+                        ) -> tuple[Post, str | None]:
+    """parse_post, and the language detected for it (None when the post named its own)."""
     attributes = attributes if isinstance(attributes, dict) else {}
     if not isinstance(data, (bytes, bytearray)):
         raise ParseError(f"payload must be bytes, got {type(data).__name__}")
@@ -198,8 +210,11 @@ def parse_post(data: bytes, attributes: dict | None, publish_time: float | None,
     else:
         raise ParseError("no event time: no created_at, no event_time attribute, no publish time")
 
-    lang = (_name(body.get("lang"), "lang", 35)
-            or _name(attributes.get("lang"), "lang", 35, "attribute") or DEFAULT_LANG).lower()
+    lang = _name(body.get("lang"), "lang", 35) or _name(attributes.get("lang"), "lang", 35, "attribute")
+    detected = None
+    if lang is None:
+        detected = lang = detect_language(text)[0]  # an X_LANGUAGES code or DEFAULT_LANG
+    lang = lang.lower()
     keyword = (_name(body.get("keyword"), "keyword", 200)
                or _name(attributes.get("keyword"), "keyword", 200, "attribute") or DEFAULT_KEYWORD).lower()
     return Post(
@@ -213,7 +228,7 @@ def parse_post(data: bytes, attributes: dict | None, publish_time: float | None,
         raw=bytes(data),
         attributes=_safe_attributes(attributes),
         message_id=message_id,
-    )
+    ), detected
 
 
 def describe_error(error: BaseException) -> str:
@@ -228,6 +243,8 @@ class _ParseDoFn(beam.DoFn):
         self.parsed = Metrics.counter(NAMESPACE, "parsed")
         self.dead = Metrics.counter(NAMESPACE, "dead_letter_parse")
         self.dead_window = Metrics.counter(NAMESPACE, "dead_letter_window")
+        self.detected = Metrics.counter(NAMESPACE, "lang_detected")  # posts that came without lang
+        self._detected_as: dict = {}  # "lang_detected_<code>": at most len(X_LANGUAGES) + 1 names
 
     def process(self, message, timestamp=beam.DoFn.TimestampParam):
         self.read.inc()
@@ -235,8 +252,8 @@ class _ParseDoFn(beam.DoFn):
             publish_time = message.publish_time
             if publish_time is None and timestamp is not None and -2**62 < timestamp.micros < 2**62:
                 publish_time = float(timestamp)
-            post = parse_post(message.data, message.attributes, publish_time, message.watermark,
-                              getattr(message, "message_id", None))
+            post, detected = parse_post_detected(message.data, message.attributes, publish_time,
+                                                 message.watermark, getattr(message, "message_id", None))
         except ParseError as e:
             (self.dead_window if e.stage == "window" else self.dead).inc()
             yield beam.pvalue.TaggedOutput("dead_letters", dead_letter(
@@ -250,6 +267,12 @@ class _ParseDoFn(beam.DoFn):
                 getattr(message, "attributes", None), message_id=getattr(message, "message_id", None)))
             return
         self.parsed.inc()
+        if detected is not None:
+            self.detected.inc()
+            counter = self._detected_as.get(detected)
+            if counter is None:
+                counter = self._detected_as[detected] = Metrics.counter(NAMESPACE, f"lang_detected_{detected}")
+            counter.inc()
         yield post
 
 

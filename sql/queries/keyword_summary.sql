@@ -1,4 +1,5 @@
--- Per keyword: posts, label counts, share negative, mean score, alerts and posts queued for
+-- Per keyword: posts (all, labelled or not), label counts, share negative (of the labelled
+-- posts: unsupported_language posts have no label), mean score, alerts and posts queued for
 -- review (what `pulse summary` prints).
 WITH post_counts AS (
   SELECT
@@ -7,6 +8,7 @@ WITH post_counts AS (
     COUNTIF(label = 'negative') AS negative,
     COUNTIF(label = 'neutral') AS neutral,
     COUNTIF(label = 'positive') AS positive,
+    COUNT(label) AS labelled,
     AVG(score) AS mean_score
   FROM ${dataset}.scored_posts_unique
   GROUP BY keyword
@@ -27,7 +29,7 @@ SELECT
   COALESCE(p.negative, 0) AS negative,
   COALESCE(p.neutral, 0) AS neutral,
   COALESCE(p.positive, 0) AS positive,
-  ROUND(SAFE_DIVIDE(p.negative, p.posts), 4) AS negative_share,
+  ROUND(SAFE_DIVIDE(p.negative, p.labelled), 4) AS negative_share,
   ROUND(p.mean_score, 4) AS mean_score,
   COALESCE(a.alerts, 0) AS alerts,
   COALESCE(r.review, 0) AS review

@@ -8,5 +8,6 @@ SELECT
   ROUND(SAFE_DIVIDE(COUNTIF(confidence < @low_confidence), COUNT(*)), 4) AS low_confidence_share,
   ROUND(SAFE_DIVIDE(SUM(oov_count), SUM(token_count)), 4) AS oov_rate
 FROM ${dataset}.scored_posts_unique
+WHERE label IS NOT NULL  -- the posts a model labelled (not unsupported_language ones)
 GROUP BY model_version, hour_start
 ORDER BY hour_start, model_version

@@ -18,6 +18,7 @@ WITH compared AS (
       WHEN f.posts IS NULL THEN 'no_posts'
       ELSE CONCAT(
         IF(s.posts != f.posts, 'posts ', ''),
+        IF(IFNULL(s.unsupported, 0) != f.unsupported, 'unsupported ', ''),
         IF(s.positive != f.positive, 'positive ', ''),
         IF(s.neutral != f.neutral, 'neutral ', ''),
         IF(s.negative != f.negative, 'negative ', ''),
