@@ -27,7 +27,7 @@ import streamlit as st
 from connectors import sqlfiles
 from dashboard import data
 
-PAGES = ("Overview", "Alerts", "Posts", "Health", "Review")
+PAGES = ("Overview", "Alerts", "Posts", "Health", "Accuracy", "Review")
 ALL = "*"
 SHORTCUTS = {"negative": "1", "neutral": "2", "positive": "3", "skip": "S"}
 
@@ -40,6 +40,7 @@ def settings() -> dict:
         "refresh": float(env.get("PULSE_DASHBOARD_REFRESH", "5")),
         "reviewer": env.get("PULSE_DASHBOARD_REVIEWER") or _default_reviewer(),
         "project": env.get("PULSE_DASHBOARD_PROJECT") or None,
+        "model": env.get("PULSE_DASHBOARD_MODEL") or "bundled",  # its model.json: the Accuracy page's evaluation
         "views": sqlfiles.ViewSettings(int(env.get("PULSE_DASHBOARD_WINDOW_SIZE", "60")),
                                        int(period) if period else None,
                                        float(env.get("PULSE_DASHBOARD_REVIEW_THRESHOLD", "0.5"))),
@@ -133,13 +134,17 @@ def overview(source: data.Source, keyword: str, lang: str, span) -> None:
         return
     frame["window_start"] = pd.to_datetime(frame["window_start"], utc=True)
     latest = frame.iloc[-1]
-    totals = frame[["posts", "negative"]].sum()
+    totals = frame[["posts", "negative", "unsupported"]].sum()
+    labelled = int(totals["posts"]) - int(totals["unsupported"])
     alerts = data.alerts(source, keyword, start, end)
-    cols = st.columns(4)
+    cols = st.columns(5)
     cols[0].metric("Posts", f"{int(totals['posts']):,}", help="sum over the windows shown (latest pane of each)")
-    cols[1].metric("Negative share", f"{totals['negative'] / totals['posts']:.1%}" if totals["posts"] else "–")
-    cols[2].metric("Alerts", len(alerts))
-    cols[3].metric(f"Window {pd.Timestamp(latest['window_start']):%H:%M}", int(latest["posts"]),
+    cols[1].metric("Negative share", f"{totals['negative'] / labelled:.1%}" if labelled else "–",
+                   help="of the labelled posts: posts in a language no model is configured for are left out")
+    cols[2].metric("Unsupported language", f"{int(totals['unsupported']):,}",
+                   help="posts stored without a label: no model is configured for their language")
+    cols[3].metric("Alerts", len(alerts))
+    cols[4].metric(f"Window {pd.Timestamp(latest['window_start']):%H:%M}", int(latest["posts"]),
                    help="the newest window and its latest pane")
     timing = str(latest["pane_timing"])
     if timing == "EARLY":
@@ -153,7 +158,7 @@ def overview(source: data.Source, keyword: str, lang: str, span) -> None:
     posts = base.mark_bar().encode(
         y=alt.Y("posts:Q", title="posts"),
         color=alt.Color("pane_timing:N", scale=colours, title="latest pane"),
-        tooltip=["window_start:T", "posts:Q", "negative:Q", "pane_timing:N", "pane_index:Q"])
+        tooltip=["window_start:T", "posts:Q", "negative:Q", "unsupported:Q", "pane_timing:N", "pane_index:Q"])
     share = base.mark_line(point=True).encode(
         y=alt.Y("negative_share:Q", title="negative share", axis=alt.Axis(format="%")),
         tooltip=["window_start:T", alt.Tooltip("negative_share:Q", format=".1%"), "posts:Q"])
@@ -166,6 +171,12 @@ def overview(source: data.Source, keyword: str, lang: str, span) -> None:
     st.altair_chart(posts.properties(height=220), use_container_width=True)
     st.subheader("Negative share per window (red: alerts)")
     st.altair_chart(alt.layer(*layers).properties(height=220), use_container_width=True)
+    if totals["unsupported"]:
+        st.subheader("Unsupported-language posts per window (stored, not labelled)")
+        st.altair_chart(base.mark_bar(color="#999999").encode(
+            y=alt.Y("unsupported:Q", title="posts without a label"),
+            tooltip=["window_start:T", "unsupported:Q", "posts:Q"]).properties(height=140),
+            use_container_width=True)
     fixes = data.corrections(source, keyword, lang, start, end)
     st.subheader("Late panes (corrections)")
     if fixes.empty:
@@ -203,8 +214,10 @@ def posts_page(source: data.Source, keyword: str, lang: str, span) -> None:
         return
     search = st.text_input("Search the text", value=st.query_params.get("search", ""))
     frame = data.posts(source, keyword, lang, span[0], span[1], search)
+    unlabelled = int(frame["skip_reason"].notna().sum()) if "skip_reason" in frame else 0
     st.caption(f"{len(frame)} posts{' (first 1,000)' if len(frame) == 1000 else ''}, "
-               f"{span[0]:%Y-%m-%d %H:%M} to {span[1]:%H:%M} UTC")
+               f"{span[0]:%Y-%m-%d %H:%M} to {span[1]:%H:%M} UTC"
+               + (f"; {unlabelled} without a label (skip_reason says why)" if unlabelled else ""))
     st.dataframe(frame, hide_index=True, use_container_width=True,
                  column_config={"confidence": st.column_config.ProgressColumn("confidence", min_value=0, max_value=1),
                                 "score": st.column_config.NumberColumn("score", format="%.3f")})
@@ -213,11 +226,22 @@ def posts_page(source: data.Source, keyword: str, lang: str, span) -> None:
 def health_page(source: data.Source, span) -> None:
     st.header("Health")
     stored = data.stored(source)
-    cols = st.columns(4)
-    cols[0].metric("Scored posts stored", f"{stored['scored_posts']:,}")
+    cols = st.columns(5)
+    cols[0].metric("Scored posts stored", f"{stored['scored_posts']:,}",
+                   help="every post stored in scored_posts, the unsupported-language ones included")
     cols[1].metric("Dead letters", f"{stored['dead_letters']:,}")
     cols[2].metric("Posts past the allowed lateness", f"{stored['beyond_lateness']:,}")
     cols[3].metric("Windows corrected by late panes", f"{stored['corrected_windows']:,}")
+    cols[4].metric("Unsupported language", f"{stored['unsupported']:,}",
+                   help="posts stored without a label: no model is configured for their language")
+    if span is not None:
+        st.subheader("Unsupported language: posts without a label, by language")
+        unsupported = data.unsupported_by_lang(source, *span)
+        if unsupported.empty:
+            st.caption("Every post in this range was in a language a configured model takes.")
+        else:
+            st.caption("Configure a model for a language to label its posts: --model LANG=MODEL.")
+            st.dataframe(unsupported, hide_index=True, use_container_width=True)
     st.subheader("Balance: read = scored + duplicates + dead letters")
     balance = data.balance(source)
     if balance is None or balance.empty:
@@ -347,6 +371,53 @@ def _save_list(store, reviewer: str) -> None:
     st.session_state["label_notice"] = ("ok", note)
 
 
+# ---- accuracy -----------------------------------------------------------------------------
+
+_FIGURES = ["labels", "contested", "accuracy", "macro_f1", "f1_negative", "f1_neutral", "f1_positive"]
+
+
+def accuracy_page(source: data.Source, keyword: str, conf: dict) -> None:
+    """The live model against the review desk's resolved labels (view model_accuracy), beside the
+    model's own evaluation, and the model_degraded / drift alerts."""
+    st.header("Accuracy" + (f": {keyword}" if keyword != ALL else ""))
+    figures = data.accuracy(source)
+    expected, where = data.expected_figures(conf["model"])
+    if figures.empty:
+        st.caption("No resolved labels with a known model label yet: label posts at the review desk "
+                   "(a post's label is its reviewers' strict majority; a tie is contested).")
+    else:
+        if keyword != ALL:
+            figures = figures[figures["keyword"] == keyword]
+        versions = figures[(figures["model_version"] != ALL) & (figures["keyword"] == (keyword if keyword != ALL
+                                                                                       else ALL))
+                           & (figures["lang"] == ALL)].copy()
+        versions["evaluation"] = [expected(v) for v in versions["model_version"]]
+        cols = st.columns(max(len(versions), 1))
+        for col, (_, row) in zip(cols, versions.iterrows()):
+            f1 = "n/a" if pd.isna(row["macro_f1"]) else f"{row['macro_f1']:.3f}"
+            delta = None if pd.isna(row["macro_f1"]) or pd.isna(row["evaluation"]) else \
+                f"{row['macro_f1'] - row['evaluation']:+.3f} vs evaluation"
+            col.metric(f"Macro-F1 {row['model_version']}", f1, delta,
+                       help=f"over {int(row['labels'])} labels ({int(row['contested'])} contested posts left out); "
+                            f"evaluation: {where}")
+        st.subheader("Per model version")
+        st.caption(f"labels: resolved labels behind each figure. evaluation: the model's own macro-F1 on the "
+                   f"reserved tweets ({where}); blank where unknown.")
+        st.dataframe(versions[["model_version", *_FIGURES, "evaluation"]], hide_index=True, use_container_width=True)
+        st.subheader("Per keyword and language")
+        detail = figures[(figures["model_version"] != ALL) & ((figures["keyword"] != ALL) | (figures["lang"] != ALL))]
+        st.dataframe(detail[["model_version", "keyword", "lang", *_FIGURES]], hide_index=True,
+                     use_container_width=True)
+    st.subheader("Model and drift alerts")
+    alerts = data.quality_alerts(source)
+    if keyword != ALL and not alerts.empty:
+        alerts = alerts[alerts["keyword"].isin([keyword, ALL])]
+    if alerts.empty:
+        st.caption("No model_degraded or drift alerts (pulse accuracy checks the labels; the job judges drift).")
+    else:
+        st.dataframe(alerts, hide_index=True, use_container_width=True)
+
+
 # ---- the app ------------------------------------------------------------------------------
 
 def main() -> None:
@@ -387,6 +458,8 @@ def main() -> None:
                 alerts_page(source, keyword, span)
             elif page == "Posts":
                 posts_page(source, keyword, lang, span)
+            elif page == "Accuracy":
+                accuracy_page(source, keyword, conf)
             else:
                 health_page(source, span)
             every = f"refreshes every {conf['refresh']:g} s" if conf["refresh"] else "no automatic refresh"

@@ -169,9 +169,10 @@ SELECT MIN(window_start) AS first_start, MAX(window_end) AS last_end FROM ${data
 """
 
 WINDOWS = """
-SELECT window_start, window_end, keyword, lang, posts, positive, neutral, negative,
-       SAFE_DIVIDE(negative, posts) AS negative_share, mean_score, mean_confidence, low_confidence,
-       oov_rate, pane_index, pane_timing, model_version, emitted_at
+SELECT window_start, window_end, keyword, lang, posts, IFNULL(unsupported, 0) AS unsupported,
+       positive, neutral, negative,
+       SAFE_DIVIDE(negative, posts - IFNULL(unsupported, 0)) AS negative_share, mean_score, mean_confidence,
+       low_confidence, oov_rate, pane_index, pane_timing, model_version, emitted_at
 FROM ${dataset}.sentiment_windows_latest
 WHERE keyword = @keyword AND lang = @lang AND window_start >= @start AND window_start < @end
 ORDER BY window_start
@@ -180,14 +181,15 @@ ORDER BY window_start
 # Late panes shown as corrections: the window's on-time figures beside its latest (late) ones.
 CORRECTIONS = """
 WITH on_time AS (
-  SELECT window_start, keyword, lang, posts, negative
+  SELECT window_start, keyword, lang, posts, negative, IFNULL(unsupported, 0) AS unsupported
   FROM ${dataset}.sentiment_windows
   WHERE pane_timing = 'ON_TIME' AND keyword = @keyword AND lang = @lang
   QUALIFY ROW_NUMBER() OVER (PARTITION BY window_start, keyword, lang ORDER BY emitted_at DESC) = 1
 )
 SELECT l.window_start, o.posts AS on_time_posts, l.posts AS corrected_posts,
-       SAFE_DIVIDE(o.negative, o.posts) AS on_time_negative_share,
-       SAFE_DIVIDE(l.negative, l.posts) AS corrected_negative_share, l.pane_index, l.emitted_at
+       SAFE_DIVIDE(o.negative, o.posts - o.unsupported) AS on_time_negative_share,
+       SAFE_DIVIDE(l.negative, l.posts - IFNULL(l.unsupported, 0)) AS corrected_negative_share,
+       l.pane_index, l.emitted_at
 FROM ${dataset}.sentiment_windows_latest AS l
 LEFT JOIN on_time AS o USING (window_start, keyword, lang)
 WHERE l.pane_timing = 'LATE' AND l.keyword = @keyword AND l.lang = @lang
@@ -210,7 +212,8 @@ ORDER BY post_id
 """
 
 POSTS = """
-SELECT created_at, keyword, lang, text, label, score, confidence, model_version, post_id, beyond_lateness
+SELECT created_at, keyword, lang, text, label, skip_reason, score, confidence, model_version, post_id,
+       beyond_lateness
 FROM ${dataset}.scored_posts_unique
 WHERE (@keyword = '*' OR keyword = @keyword) AND (@lang = '*' OR lang = @lang)
   AND created_at >= @start AND created_at < @end
@@ -232,13 +235,24 @@ SELECT (SELECT COUNT(*) FROM ${dataset}.scored_posts_unique) AS scored_posts,
        (SELECT COUNT(*) FROM ${dataset}.dead_letters_unique) AS dead_letters,
        (SELECT IFNULL(COUNTIF(IFNULL(beyond_lateness, FALSE)), 0) FROM ${dataset}.scored_posts_unique)
          AS beyond_lateness,
-       (SELECT COUNT(*) FROM ${dataset}.sentiment_windows_latest WHERE pane_timing = 'LATE') AS corrected_windows
+       (SELECT COUNT(*) FROM ${dataset}.sentiment_windows_latest WHERE pane_timing = 'LATE') AS corrected_windows,
+       (SELECT COUNT(*) FROM ${dataset}.scored_posts_unique WHERE skip_reason IS NOT NULL) AS unsupported
+"""
+
+# Posts no model labelled (skip_reason, e.g. unsupported_language), per language and reason.
+UNSUPPORTED_BY_LANG = """
+SELECT lang, skip_reason, COUNT(*) AS posts, MIN(created_at) AS first_post, MAX(created_at) AS last_post
+FROM ${dataset}.scored_posts_unique
+WHERE skip_reason IS NOT NULL AND created_at >= @start AND created_at < @end
+GROUP BY lang, skip_reason
+ORDER BY posts DESC, lang, skip_reason
 """
 
 DRIFT = """
-SELECT window_start, posts, oov_rate, mean_confidence,
-       SAFE_DIVIDE(positive, posts) AS positive_share, SAFE_DIVIDE(neutral, posts) AS neutral_share,
-       SAFE_DIVIDE(negative, posts) AS negative_share
+SELECT window_start, posts, IFNULL(unsupported, 0) AS unsupported, oov_rate, mean_confidence,
+       SAFE_DIVIDE(positive, posts - IFNULL(unsupported, 0)) AS positive_share,
+       SAFE_DIVIDE(neutral, posts - IFNULL(unsupported, 0)) AS neutral_share,
+       SAFE_DIVIDE(negative, posts - IFNULL(unsupported, 0)) AS negative_share
 FROM ${dataset}.sentiment_windows_latest
 WHERE keyword = '*' AND lang = '*' AND window_start >= @start AND window_start < @end
 ORDER BY window_start
@@ -319,6 +333,11 @@ def balance(source: Source) -> pd.DataFrame | None:
     if not source.has_view("job_balance"):
         return None
     return source.frame(BALANCE)
+
+
+def unsupported_by_lang(source: Source, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
+    """Posts stored without a label (unsupported_language ...) per language, in [start, end)."""
+    return source.frame(UNSUPPORTED_BY_LANG, {"start": start, "end": end})
 
 
 def drift(source: Source, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
@@ -413,3 +432,43 @@ def save_list(desk, rows: list[dict], edits: Mapping[Any, Mapping[str, Any]], re
             ok, _ = desk.record(rows[int(index)], label, reviewer)
             written, already = written + ok, already + (not ok)
     return written, already
+
+
+# ---- the accuracy watch (views labels_resolved, model_accuracy; connectors/accuracy_watch.py) ----
+
+ACCURACY = """
+SELECT * FROM ${dataset}.model_accuracy
+ORDER BY model_version = '*' DESC, model_version, keyword = '*' DESC, keyword, lang = '*' DESC, lang
+"""
+
+QUALITY_ALERTS = """
+SELECT window_start, window_end, keyword, kind, value, baseline, zscore, sample_post_ids
+FROM ${dataset}.alerts_unique
+WHERE kind IN (SELECT k FROM UNNEST(@kinds) AS k)
+ORDER BY window_start DESC, keyword, kind
+"""
+
+QUALITY_KINDS = ("model_degraded", "oov_drift", "confidence_drift", "class_mix_drift")
+
+
+def accuracy(source: Source) -> pd.DataFrame:
+    """The model_accuracy view: the live model against the resolved labels, per version, keyword, language."""
+    if not source.has_view("model_accuracy"):
+        return pd.DataFrame()
+    return source.frame(ACCURACY)
+
+
+def quality_alerts(source: Source) -> pd.DataFrame:
+    """The model_degraded and drift alerts (alerts_unique), the latest first."""
+    return source.frame(QUALITY_ALERTS, {"kinds": list(QUALITY_KINDS)})
+
+
+def expected_figures(model: str):
+    """version -> the model's own evaluation macro-F1 (model.json of `model`: bundled or a directory),
+    and a note; (None-returning, the reason) when it cannot be read."""
+    from connectors import accuracy_watch
+
+    try:
+        return accuracy_watch._expected_for_model(model), f"model.json of {model}"
+    except accuracy_watch.AccuracyWatchError as e:
+        return (lambda version: None), str(e)

@@ -5,6 +5,7 @@ outputs give one line on the page, never a traceback.
     .venv/bin/pytest tests/test_dashboard_app.py -q
 """
 import os
+import urllib.parse
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -83,7 +84,7 @@ def test_alerts_list_each_alert_with_its_sample_posts_and_a_link_to_its_window(m
     start, keyword, kind, zscore = alerts[0]
     assert at.expander[0].label.startswith(f"{start:%Y-%m-%d %H:%M} · {keyword} · {kind} · z = {zscore:.1f}")
     link = at.expander[0].markdown[0].value
-    assert "page=Posts" in link and f"keyword={keyword}" in link
+    assert "page=Posts" in link and f"keyword={urllib.parse.quote(keyword)}" in link
     samples = at.expander[0].dataframe[0].value
     [(ids,)] = sql(dashboard_output, f"SELECT sample_post_ids FROM alerts_unique WHERE keyword = '{keyword}' "
                                      f"AND kind = '{kind}' AND window_start = '{start.isoformat()}'")
