@@ -5,17 +5,19 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DATA := data
 OUT ?= out
+REGISTRY ?= registry
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup data train run test bench bench-live lock clean browser dashboard
+.PHONY: help setup data train run test bench bench-live lock clean browser dashboard retrain
 
 help:
 	@echo "make run    - set up .venv, build the sample stream, run the job, print a SQL summary"
 	@echo "make test   - set up if needed and run the whole test suite"
 	@echo "make data   - fetch the labelled corpora (vaderSentiment 3.3.2 sdist) and build the sample stream"
 	@echo "make train  - retrain the bundled model into models/bundled/"
+	@echo "make retrain - challenger from corpora + the labels in OUT vs the current model of REGISTRY (promoted if better)"
 	@echo "make bench  - benchmarks (bench/README.md): serving, then live through the Pub/Sub emulator"
 	@echo "make bench-live - the live benchmark only (BENCH_MINUTES=10 for the soak, BENCH_RATES=100,500,1000)"
 	@echo "make dashboard - the dashboard and review desk over the last run (http://127.0.0.1:8501)"
@@ -42,6 +44,11 @@ data: $(DATA)/.stamp
 
 train: $(DATA)/.stamp
 	$(PY) -m models.train --data $(DATA) --out models/bundled
+
+# A challenger trained on the corpora plus the review desk's labels of OUT, promoted in the
+# model registry REGISTRY (a directory or gs://...) only when measurably better (README, Retraining).
+retrain: $(DATA)/.stamp
+	$(VENV)/bin/pulse retrain --output $(OUT) --registry $(REGISTRY) --data $(DATA)
 
 run: $(DATA)/.stamp
 	rm -rf $(OUT)

@@ -478,3 +478,26 @@ class BigQueryLabelStore(LabelStore):
         message = getattr(error, "message", None) or str(error)
         lines = [line.strip() for line in str(message).splitlines() if line.strip()]
         return LabelStoreError(f"BigQuery {self.dataset}: {lines[0] if lines else type(error).__name__}")
+
+
+# ---- reading every label (retraining) ----------------------------------------------------------
+
+
+def read_latest(output: str, project: str | None = None, endpoint: str | None = None) -> list[dict]:
+    """Every row of `labels_latest` (each reviewer's latest label per post, skips included) of a
+    Parquet output directory (DuckDB, unreadable files left out with a warning) or a BigQuery
+    PROJECT:DATASET. LabelStoreError (one sentence) when the output cannot be read."""
+    import re
+
+    if "/" not in output and not os.path.isdir(output) and re.match(r"^[\w-]+[:.][\w]+$", output):
+        from connectors import sqlfiles
+
+        store = BigQueryLabelStore(output, project=project, endpoint=endpoint)
+        sql = sqlfiles.render("SELECT * FROM ${dataset}.labels_latest", "bigquery", store.dataset_id)
+        return store._query(sql)
+    from connectors import duckdb_sql
+
+    if not os.path.isdir(output):
+        raise LabelStoreError(f"no output directory {output!r}: run the job first (pulse run --output DIR)")
+    columns, rows = duckdb_sql.query(output, "SELECT * FROM labels_latest")
+    return [dict(zip(columns, row)) for row in rows]

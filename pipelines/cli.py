@@ -4,8 +4,12 @@
     pulse sql      "SELECT ..." --output DIR        SQL over the Parquet tables (DuckDB)
     pulse summary  --output DIR                     per-keyword summary of a run
     pulse dashboard --output DIR|PROJECT:DATASET    the dashboard and review desk (http://127.0.0.1:8501)
+    pulse accuracy --output DIR|PROJECT:DATASET [--margin 0.05] [--min-labels 50] [--model bundled|DIR]
+                                                    the live model against the reviewers' labels; model_degraded alerts
     pulse ingest   --keywords acme,nimbus --topic projects/P/topics/T     X API -> Pub/Sub
     pulse publish  --topic projects/P/topics/T --file posts.jsonl --rate 100
+    pulse retrain  --output DIR|PROJECT:DATASET --registry DIR|gs://...   challenger vs current model
+    pulse registry init|list|promote VERSION --registry DIR|gs://...     the model registry
 """
 from __future__ import annotations
 
@@ -18,9 +22,26 @@ COMMANDS = {
     "sql": ("pipelines.sql_cli", "sql_main", "run SQL over an output directory (DuckDB)"),
     "summary": ("pipelines.sql_cli", "summary_main", "print a per-keyword summary of an output directory"),
     "dashboard": ("dashboard.cli", "main", "serve the dashboard and review desk over an output (a web page)"),
+    "accuracy": ("connectors.accuracy_watch", "main", "the live model against the reviewers' labels; model_degraded alerts"),
     "ingest": ("pipelines.ingest", "main", "poll the X API and publish posts to Pub/Sub"),
     "publish": ("pipelines.publish", "main", "publish a JSON-lines file or synthetic posts to Pub/Sub"),
+    "retrain": ("pipelines.cli", "retrain_main", "train a challenger on corpora + labels; promote it if better"),
+    "registry": ("models.registry", "main", "the model registry: init, list, promote VERSION (roll back)"),
 }
+
+
+def retrain_main(argv: list[str]) -> int:
+    """`pulse retrain` (models/retrain.py) with the labels read by connectors/labels.py."""
+    from connectors.labels import LabelStoreError, read_latest
+    from models.retrain import RetrainError, main
+
+    def read_labels(output: str, project: str | None) -> list[dict]:
+        try:
+            return read_latest(output, project)
+        except LabelStoreError as e:
+            raise RetrainError(str(e)) from None
+
+    return main(argv, read_labels=read_labels)
 
 
 def usage() -> str:
