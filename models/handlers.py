@@ -32,6 +32,7 @@ they import only models.serving and models.locations, never this module.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import NamedTuple, Sequence
 
@@ -70,6 +71,10 @@ HF_WEIGHT_FILES = ("tf_model.h5", "model.safetensors", "model.safetensors.index.
                    "tf_model.h5.index.json", "pytorch_model.bin")
 
 
+REGISTRY_PREFIX = "registry:"
+_LANG_FLAG = re.compile(r"^(\*|[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*)=(.+)$")
+
+
 class ModelSource(NamedTuple):
     """Where a model comes from: kind is "savedmodel" or "tfx" (a contract SavedModel directory, served
     by Beam's TFModelHandlerTensor or by tfx-bsl) or "hf" (a checkpoint directory or hub name).
@@ -100,6 +105,8 @@ def resolve_model(model: str) -> ModelSource:
     if not isinstance(model, str) or not model.strip():
         raise ValueError("--model must be 'bundled', a model directory (local or gs://) or 'hf:<hub name>'")
     model = model.strip()
+    if model.startswith(REGISTRY_PREFIX):
+        return _resolve_registry(model[len(REGISTRY_PREFIX):].strip())
     if model.startswith(TFX_PREFIX):
         source = resolve_model(model[len(TFX_PREFIX):].strip() or BUNDLED)
         if source.kind != "savedmodel":
@@ -136,6 +143,33 @@ def resolve_model(model: str) -> ModelSource:
     if model == BUNDLED:
         raise ValueError(f"the bundled model is missing: {locations.bundled_dir()} holds no SavedModel (run `make train`)")
     raise ValueError(f"{model} is neither a SavedModel with {SPEC_FILE} nor a Hugging Face checkpoint")
+
+
+def _resolve_registry(where: str) -> ModelSource:
+    """`registry:DIR` -> the registry's current version (a contract SavedModel), watched by the job."""
+    from models import registry
+
+    root = registry_root(REGISTRY_PREFIX + where)
+    try:
+        pointer = registry.current(root)
+    except registry.RegistryError as e:
+        raise ValueError(str(e)) from None
+    if pointer is None:
+        raise ValueError(f"model registry {where} has no current model (run `pulse registry init --registry {where}`)")
+    source = resolve_model(pointer.location)
+    if source.kind != "savedmodel":
+        raise ValueError(f"model registry {where}: its current version {pointer.version} is not a contract SavedModel")
+    return ModelSource("savedmodel", source.location)
+
+
+def registry_root(model: str) -> str | None:
+    """`registry:DIR` -> the registry's directory (absolute, or the URI); None for any other model."""
+    if not isinstance(model, str) or not model.strip().startswith(REGISTRY_PREFIX):
+        return None
+    where = model.strip()[len(REGISTRY_PREFIX):].strip()
+    if not where:
+        raise ValueError("--model registry: needs the registry's directory, e.g. registry:gs://bucket/models")
+    return where.rstrip("/") if locations.is_remote(where) else os.path.abspath(os.path.expanduser(where))
 
 
 def only_on_this_machine(source: ModelSource) -> bool:
@@ -202,6 +236,38 @@ def create_model_handler(model: str = BUNDLED, *, min_batch_size: int | None = N
     from models import hf
 
     return hf.create_hf_handler(source.location, max_length=max_length, **kwargs)
+
+
+def split_model_flag(value: str) -> tuple[str | None, str]:
+    """A `--model` value -> (language, model): `en=bundled` -> ('en', 'bundled'), `*=DIR` -> ('*', 'DIR'),
+    `bundled` -> (None, 'bundled'). A value whose left of '=' is not a language tag is a model."""
+    match = _LANG_FLAG.match(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        return None, value
+    return match.group(1).lower().replace("_", "-"), match.group(2).strip()
+
+
+class SpecLookup:
+    """model_id (a contract SavedModel's location) -> its ModelSpec, read once per process.
+
+    Given to the job's ScorePosts: after a swap, rows carry the version (and class mapping) of
+    the model that scored them. A model_id that is not a contract model's location (a Hugging
+    Face checkpoint name) or cannot be read gives the route's launch spec.
+    """
+
+    _cache: dict = {}
+
+    def __call__(self, model_id: str | None, fallback: ModelSpec) -> ModelSpec:
+        if not model_id:
+            return fallback
+        spec = self._cache.get(model_id)
+        if spec is None:
+            try:
+                spec = load_spec(model_id)
+            except Exception:  # noqa: BLE001  (not a contract model: the launch spec describes it)
+                spec = False
+            self._cache[model_id] = spec
+        return spec or fallback
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@ Chosen by models/handlers.py for `bundled` and any directory holding a SavedMode
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterable, Optional, Sequence
 
 import models  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
@@ -17,6 +18,8 @@ from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerTensor
 
 from models import locations
 from models.serving import as_text, configure_devices
+
+_LOG = logging.getLogger(__name__)
 
 
 def _int_or_none(values, i: int) -> int | None:
@@ -95,6 +98,27 @@ class ContractSavedModelHandler(TFModelHandlerTensor):
         # compile=False: serving needs no optimizer or metrics, and skips a warning per worker.
         super().__init__(location, inference_fn=contract_inference_fn, load_model_args={"compile": False},
                          **kwargs)
+
+    def update_model_path(self, model_path: Optional[str] = None):
+        """A model swap (RunInference's model_metadata side input): `model_path` is a registry pointer
+        (`REGISTRY/pointers/*.json`, what the job's WatchFilePattern emits) or a model location. An
+        empty path (WatchFilePattern's "nothing newer than the job") keeps the current model."""
+        if not model_path:
+            return
+        if model_path.endswith(".json"):
+            from models import registry
+
+            try:
+                model_path = registry.read_pointer(model_path).location
+            except registry.RegistryError as e:  # a broken promotion never stops the scoring
+                _LOG.error("model swap refused, %s keeps scoring: %s", self._model_uri, e)
+                return
+        self._model_uri = model_path
+
+    @property
+    def location(self) -> str:
+        """Where the model that load_model() loads lives now (it changes with update_model_path)."""
+        return self._model_uri
 
     def load_model(self) -> ContractModel:
         import tensorflow as tf

@@ -30,9 +30,14 @@ class SentimentOptions(PipelineOptions):
                             "projects/P/subscriptions/S or projects/P/topics/T")
         parser.add_argument("--output", default="out",
                             help="a directory (Parquet tables) or PROJECT:DATASET (BigQuery)")
-        parser.add_argument("--model", default="bundled",
-                            help="'bundled', a SavedModel directory with model.json, a Hugging Face "
-                            "checkpoint directory, or hf:NAME")
+        parser.add_argument("--model", action="append", default=None,
+                            help="'bundled', a SavedModel directory with model.json (local or gs://), "
+                            "registry:DIR (a model registry: its current version, swapped on promotion), a "
+                            "Hugging Face checkpoint directory, or hf:NAME. Repeat it as LANG=MODEL to route "
+                            "languages ('en=bundled', '*=DIR' for the rest); a post in a language no model "
+                            "was trained for is stored unscored (skip_reason unsupported_language)")
+        parser.add_argument("--model_watch_interval", type=float, default=30.0,
+                            help="seconds between looks at a registry:DIR model's pointers (Pub/Sub input)")
         parser.add_argument("--speedup", type=float, default=0.0,
                             help="replay speed against the wall clock (60 = an hour a minute; 0 = as fast as possible)")
         parser.add_argument("--replay_tick", type=float, default=5.0,
@@ -119,6 +124,8 @@ def validate_options(o: SentimentOptions) -> None:
         value = getattr(o, name)
         if value is not None and value < 1:
             raise OptionsError(f"--{name} must be at least 1")
+    if o.model_watch_interval <= 0:
+        raise OptionsError("--model_watch_interval must be positive")
     if o.model_copies is not None and o.model_copies < 1:
         raise OptionsError("--model_copies must be at least 1")
     if o.min_batch_size and o.max_batch_size and o.min_batch_size > o.max_batch_size:
@@ -163,3 +170,8 @@ def print_help() -> None:
                                      "Beam's own options (--runner, --project, ...) are accepted too.")
     SentimentOptions._add_argparse_args(parser)  # pylint: disable=protected-access
     parser.print_help()
+
+
+def model_values(o: "SentimentOptions") -> list[str]:
+    """The job's --model values, in order ('bundled' when none was given)."""
+    return list(o.model or ["bundled"])

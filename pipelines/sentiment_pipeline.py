@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import time
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
@@ -27,11 +27,12 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from apache_beam.runners.runner import PipelineState
 from apache_beam.transforms import window
 
-from pipelines import direct_runner_metrics, direct_runner_specs, direct_runner_state, direct_runner_triggers
+from pipelines import (direct_runner_metrics, direct_runner_side_inputs, direct_runner_specs, direct_runner_state,
+                       direct_runner_triggers)
 from pipelines.runners import Runner, RunnerError, identify
 from connectors.pubsub import PublishAlerts, PubSubError, ReadPosts, check_pubsub, is_pubsub_path
 from connectors.replay import ReplayPosts
-from pipelines.options import (OptionsError, SentimentOptions, alert_spec, check_flags, output_kind,
+from pipelines.options import (OptionsError, SentimentOptions, alert_spec, check_flags, model_values, output_kind,
                                validate_options, window_spec)
 from transforms.aggregate import WindowedSentiment, public_row
 from transforms.alerts import DetectSurges
@@ -44,8 +45,19 @@ from transforms.windowing import StampEventTime
 _LOG = logging.getLogger("pulse")
 
 
+def _watch_only_streams(routes: list, options: SentimentOptions) -> list:
+    """A registry is watched while the job reads Pub/Sub; a replayed file is scored by the version
+    current at launch (a watch would keep a finished replay running)."""
+    if is_pubsub_path(options.input) or not any(r.watch for r in routes):
+        return routes
+    _LOG.info("replaying a file: the registry's current model scores it; promotions are picked up "
+              "by jobs reading Pub/Sub")
+    return [r._replace(watch=None) for r in routes]
+
+
 def build_pipeline(p: beam.Pipeline, source: beam.PTransform, sinks: beam.PTransform,
-                   options: SentimentOptions, model_handler, spec) -> dict:
+                   options: SentimentOptions, model_handler=None, spec=None, *, routes=None,
+                   model_metadata: dict | None = None) -> dict:
     """Wire the job into `p`; returns the table PCollections (after handing them to `sinks`)."""
     wspec = window_spec(options)
     messages = p | "ReadPosts" >> source
@@ -54,7 +66,17 @@ def build_pipeline(p: beam.Pipeline, source: beam.PTransform, sinks: beam.PTrans
     unique = stamped["posts"] | "Deduplicate" >> Deduplicate(wspec.post_window_s, wspec.allowed_lateness_s)
     windowed = unique | "WindowPosts" >> wspec.post_windows()
     cleaned = windowed | "Clean" >> Clean()
-    scored = cleaned["posts"] | "Score" >> ScorePosts(model_handler, spec)
+    from models.handlers import SpecLookup
+    if callable(model_metadata):  # built with the source (a test's TestStream), after it is applied
+        model_metadata = model_metadata()
+    model_metadata = dict(model_metadata or {})
+    for i, route in enumerate(routes or []):
+        if route.watch and i not in model_metadata:
+            from connectors.model_watch import WatchRegistry
+            model_metadata[i] = p | f"WatchModelRegistry{i}" >> WatchRegistry(route.watch,
+                                                                             options.model_watch_interval)
+    scored = cleaned["posts"] | "Score" >> ScorePosts(
+        model_handler, spec, routes=routes, spec_for=SpecLookup(), model_metadata=model_metadata)
     windows = (scored["scored"]
                | "Aggregate" >> WindowedSentiment(wspec.aggregate_windows(), options.review_threshold))
     alerts = windows | "Alert" >> DetectSurges(alert_spec(options), wspec.allowed_lateness_s)
@@ -83,6 +105,7 @@ def install_direct_runner_fixes() -> None:
     direct_runner_triggers.install()  # a drained job reaches DONE; expired windows leave no state
     direct_runner_state.install()  # keys whose state is gone stop costing timer scans
     direct_runner_specs.install()  # a DoFn's signature inspected once per bundle, not three to five times
+    direct_runner_side_inputs.install()  # a model watch's side input: the latest promotion, and it stops
 
 
 def make_sinks(options: SentimentOptions) -> beam.PTransform:
@@ -102,12 +125,58 @@ def make_source(options: SentimentOptions, runner: Runner) -> beam.PTransform:
                        bounded=not runner.is_direct, max_future_skew_s=options.max_future_skew)
 
 
+def create_routes(values: Sequence[str], **kwargs):
+    """The job's `--model` values -> [transforms.inference.Route], one per model, in order.
+
+    `LANG=MODEL` routes posts in LANG to MODEL (its model.json must declare LANG, or any language);
+    `*=MODEL` takes every language no other route takes; a plain `MODEL` takes the languages its
+    model.json declares (all, when it declares none). `registry:DIR` is a model registry: its
+    current version, watched for promotions. Raises ValueError (one sentence) for a mistake.
+    """
+    from models.handlers import create_model_handler, registry_root, resolve_model, split_model_flag
+    from transforms import language
+    from transforms.inference import Route
+
+    values = list(values) or ["bundled"]
+    routes, seen = [], {}
+    for value in values:
+        lang, model = split_model_flag(value)
+        key = lang if lang == language.ANY_LANGUAGE else (language.primary(lang) if lang else None)
+        if key is not None and key in seen:
+            raise ValueError(f"--model {value}: language {lang} already goes to {seen[key]}")
+        if key is None and sum(split_model_flag(v)[0] is None for v in values) > 1:
+            raise ValueError(f"--model {value}: with several models, give at most one without a language "
+                             "(write LANG=MODEL or '*=MODEL')")
+        try:
+            root = registry_root(model)
+            source = resolve_model(model)
+            handler, spec = create_model_handler(source.location if root else model, **kwargs)
+        except ValueError as e:
+            raise ValueError(f"--model {value}: {e}") from None
+        if lang and lang != language.ANY_LANGUAGE and not language.supports(spec.languages, lang):
+            raise ValueError(f"--model {value}: {model} was trained for {', '.join(spec.languages)}, not {lang}")
+        seen[key] = model
+        watch = None
+        if root:
+            from models import registry
+
+            watch = registry.pointer_glob(root)
+        routes.append(Route(key, handler, spec, watch, value))
+    return routes
+
+
+def load_models(options: SentimentOptions) -> list:
+    """The job's models: one transforms.inference.Route per --model value (see create_routes)."""
+    return create_routes(model_values(options), min_batch_size=options.min_batch_size,
+                         max_batch_size=options.max_batch_size,
+                         max_batch_duration_secs=options.max_batch_duration_secs,
+                         large_model=options.large_model, model_copies=options.model_copies)
+
+
 def load_model(options: SentimentOptions):
-    from models.handlers import create_model_handler
-    return create_model_handler(options.model, min_batch_size=options.min_batch_size,
-                                max_batch_size=options.max_batch_size,
-                                max_batch_duration_secs=options.max_batch_duration_secs,
-                                large_model=options.large_model, model_copies=options.model_copies)
+    """(handler, spec) of the first --model value."""
+    route = load_models(options)[0]
+    return route.handler, route.spec
 
 
 def check_paths_for_workers(sentiment: SentimentOptions, runner: Runner) -> None:
@@ -119,13 +188,17 @@ def check_paths_for_workers(sentiment: SentimentOptions, runner: Runner) -> None
     from models import locations
     from models.handlers import only_on_this_machine, resolve_model
 
+    from models.handlers import registry_root, split_model_flag
+
     local = []
-    try:
-        source = resolve_model(sentiment.model)
-    except ValueError:
-        source = None  # load_model says what is wrong with it
-    if source is not None and only_on_this_machine(source):
-        local.append(("--model", sentiment.model, "a gs:// copy of the model directory, or 'bundled'"))
+    for value in model_values(sentiment):
+        model = split_model_flag(value)[1]
+        try:
+            source, root = resolve_model(model), registry_root(model)
+        except ValueError:
+            source = root = None  # load_models says what is wrong with it
+        if source is not None and (only_on_this_machine(source) or (root and locations.is_local_path(root))):
+            local.append(("--model", value, "a gs:// copy of the model directory, or 'bundled'"))
     if not is_pubsub_path(sentiment.input) and locations.is_local_path(sentiment.input):
         local.append(("--input", sentiment.input, "a gs:// file, or a Pub/Sub subscription"))
     if output_kind(sentiment.output) == "parquet" and locations.is_local_path(sentiment.output):
@@ -320,6 +393,15 @@ class CounterSnapshots:
             if not self._failed:
                 _LOG.warning("cannot write the job's counters to %s/job_metrics: %s", self.output, e)
             self._failed = True
+        self.check_accuracy(force)
+
+    # The accuracy watch over the same output (connectors/accuracy_watch.AccuracyWatch, e.g.
+    # accuracy_watch.watch_for_job(output, spec)): model_degraded alerts every 60 s and at the end.
+    accuracy = None
+
+    def check_accuracy(self, force: bool = False) -> None:
+        if self.accuracy is not None:
+            self.accuracy.check(force=force)  # logs a failure once, never raises
 
 
 def _await(result, reader, sentiment: SentimentOptions, stop: StopRequest | None,
@@ -369,6 +451,8 @@ def _await(result, reader, sentiment: SentimentOptions, stop: StopRequest | None
                           "every open window, writing%s", stopped_by,
                           " (send it again to abort)" if stop is not None and stop.requested else "")
                 reader.request_stop(stopped_by)
+                from connectors import model_watch
+                model_watch.stop_watches()  # the model registry's watch ends too
             elif time.monotonic() - draining_since > DRAIN_TIMEOUT_S:
                 aborted_by = f"drain timeout ({DRAIN_TIMEOUT_S:.0f} s)"
                 _LOG.error("the drain did not finish in %.0f s: cancelling", DRAIN_TIMEOUT_S)
@@ -422,19 +506,31 @@ def run(argv: list[str] | None = None, model=None, stop: StopRequest | None = No
     check_paths_for_workers(sentiment, runner)
     if model is None:
         try:
-            model = load_model(sentiment)
+            routes = load_models(sentiment)
         except (ValueError, FileNotFoundError) as e:
-            raise OptionsError(f"--model {sentiment.model}: {e}") from None
-    handler, spec = model
-    _LOG.info("model %s (%s), input %s, output %s", spec.name, spec.version, sentiment.input, sentiment.output)
+            message = str(e)
+            raise OptionsError(message if message.startswith("--model") else f"--model: {message}") from None
+    elif isinstance(model, list):
+        routes = model
+    else:
+        from transforms.inference import Route
+        routes = [Route("*", model[0], model[1])]
     source = make_source(sentiment, runner)
+    routes = _watch_only_streams(routes, sentiment)
+    for route in routes:
+        _LOG.info("model %s%s (%s)%s", f"{route.language}=" if route.language else "", route.spec.name,
+                  route.spec.version, f", watching {route.watch}" if route.watch else "")
+    _LOG.info("input %s, output %s", sentiment.input, sentiment.output)
+    if runner.is_direct:
+        from connectors import model_watch
+        model_watch.reset_watches()
     if isinstance(source, ReplayPosts) and source.bounded and sentiment.early_firing:
         # A bounded replay has batch semantics: no processing-time panes (the portable job
         # service fails on processing-time triggers in batch).
         _LOG.info("replaying %s as a bounded collection on %s: no early panes", sentiment.input, runner.name)
         sentiment.early_firing = 0
     p = beam.Pipeline(options=options)
-    build_pipeline(p, source, make_sinks(sentiment), sentiment, handler, spec)
+    build_pipeline(p, source, make_sinks(sentiment), sentiment, routes=routes)
     reader = source.reader() if isinstance(source, ReadPosts) else None
     if reader is not None:
         reader.settled = _written_check  # acknowledge only what the job has written
@@ -456,6 +552,14 @@ def run(argv: list[str] | None = None, model=None, stop: StopRequest | None = No
                                                  counters(result).get("duplicates"), counted_exactly=not attempted)
         return result
     snapshots = CounterSnapshots(sentiment.output, sentiment.input) if output_kind(sentiment.output) == "parquet" else None
+    if snapshots is not None:
+        # The accuracy watch (model_degraded alerts) runs beside the counters, every minute and at the end.
+        from connectors import accuracy_watch
+        from models.handlers import registry_root, split_model_flag
+        first = routes[0]
+        roots = [registry_root(split_model_flag(v)[1]) for v in model_values(sentiment)]
+        snapshots.accuracy = accuracy_watch.watch_for_job(sentiment.output, first.spec,
+                                                          next((r for r in roots if r), None))
     result.pulse_end = _await(result, reader, sentiment, stop, snapshots)
     return result
 

@@ -212,7 +212,7 @@ def test_dataflow_gpu_job_is_one_command_with_the_accelerator_batching_and_one_m
     job = options.view_as(SentimentOptions)
     assert (job.input, job.output) == ("projects/my-proj/subscriptions/posts-sub", "my-proj:pulse")
     assert (job.max_batch_size, job.max_batch_duration_secs, job.min_batch_size) == (64, 1.0, None)
-    assert job.model_copies == 1 and job.model == "bundled"
+    assert job.model_copies == 1 and job.model == ["bundled"]
 
 
 def test_dataflow_gpu_count_sets_the_accelerator_and_the_model_copies():

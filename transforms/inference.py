@@ -18,13 +18,15 @@ import math
 import threading
 import time
 import uuid
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
 from models.contracts import LABELS, ModelSpec
+from transforms import language
+from transforms.language import UNSUPPORTED_LANGUAGE
 from transforms.parse import NAMESPACE, describe_error
 from transforms.records import CleanPost, dead_letter, now_utc
 
@@ -50,7 +52,8 @@ class ModelFailure(NamedTuple):
 
 
 # Loaded models by handler, for the life of the worker process (see IsolateFailures.load_model).
-_LOADED: dict[str, Any] = {}
+_LOADED: dict[tuple, Any] = {}  # (handler's cache key, model location) -> model
+_LAST_GOOD: dict[str, Any] = {}  # handler's cache key -> the location loaded last
 _LOADED_LOCK = threading.Lock()
 
 
@@ -81,12 +84,38 @@ class IsolateFailures(ModelHandler):
         self._env_vars = getattr(inner, "_env_vars", {})
         self._cache_key = uuid.uuid4().hex  # travels with the pickled handler to every worker
 
+    def _location(self):
+        return getattr(self._inner, "location", None)
+
     def load_model(self):
-        with _LOADED_LOCK:  # one load per process, whatever the threads
-            model = _LOADED.get(self._cache_key)
-            if model is None:
+        """The model at the wrapped handler's current location, loaded once per process.
+
+        After a swap (`update_model_path`) the new location loads once and the previous one stays
+        cached too (bundles that started before the swap may still ask for it); older ones are
+        dropped. When a swapped-in model cannot be loaded, the previous model keeps scoring and
+        the error is logged: a broken promotion never stops the job.
+        """
+        location = self._location()
+        key = (self._cache_key, location)
+        with _LOADED_LOCK:  # one load per process and location, whatever the threads
+            model = _LOADED.get(key)
+            if model is not None:
+                return model
+            try:
                 model = self._inner.load_model()
-                _LOADED[self._cache_key] = model
+            except Exception as e:  # noqa: BLE001
+                previous = _LAST_GOOD.get(self._cache_key)
+                if previous is None or previous == location:
+                    raise
+                _LOG.error("cannot load the model at %s (%s); %s keeps scoring", location,
+                           describe_error(e), previous)
+                self._inner.update_model_path(previous)
+                return _LOADED[(self._cache_key, previous)]
+            _LOADED[key] = model
+            older = [k for k in _LOADED if k[0] == self._cache_key and k[1] not in (location, _LAST_GOOD.get(self._cache_key))]
+            for k in older:
+                del _LOADED[k]
+            _LAST_GOOD[self._cache_key] = location
         return model
 
     def run_inference(self, batch, model, inference_args=None):
@@ -137,8 +166,7 @@ class IsolateFailures(ModelHandler):
         return self._inner.validate_inference_args(inference_args)
 
     def update_model_path(self, model_path=None):
-        with _LOADED_LOCK:  # a new model: the next load_model loads it
-            _LOADED.pop(self._cache_key, None)
+        # The next load_model loads the new location (once per process; see load_model).
         return self._inner.update_model_path(model_path=model_path)
 
     def get_preprocess_fns(self):
@@ -173,7 +201,10 @@ def _count(value, name: str) -> int | None:
 
 
 def scored_row(item: CleanPost, inference: Any, spec: ModelSpec, processed_at=None) -> dict:
-    """One model output -> one ScoredPost row; raises ValueError when it is not a valid prediction."""
+    """One model output -> one ScoredPost row; raises ValueError when it is not a valid prediction.
+
+    `spec` is the model.json of the model that scored the post (its version goes in the row).
+    """
     if isinstance(inference, ModelFailure):
         raise ValueError(inference.reason)
     prediction = spec.predict(inference["probabilities"])
@@ -202,19 +233,92 @@ def scored_row(item: CleanPost, inference: Any, spec: ModelSpec, processed_at=No
         "model_version": spec.version,
         "processed_at": processed_at or now_utc(),
         "beyond_lateness": bool(post.beyond_lateness),
+        "skip_reason": None,
     }
 
 
+def unsupported_row(item: CleanPost, processed_at=None) -> dict:
+    """A post in a language no configured model was trained for -> its ScoredPost row: stored and
+    counted like any post, but with no label, score or confidence (skip_reason says why)."""
+    post = item.post
+    return {
+        "post_id": post.post_id, "keyword": post.keyword, "lang": post.lang, "author_id": post.author_id,
+        "created_at": post.created_at, "text": post.text, "clean_text": item.clean_text,
+        "label": None, "score": None, "stars": None, "confidence": None, "token_count": None,
+        "oov_count": None, "model_version": None, "processed_at": processed_at or now_utc(),
+        "beyond_lateness": bool(post.beyond_lateness), "skip_reason": UNSUPPORTED_LANGUAGE,
+    }
+
+
+class Route(NamedTuple):
+    """One model of the job and the posts it takes.
+
+    language: the LANG of `--model LANG=MODEL` ('*': every language no other route takes), or
+              None for a plain `--model MODEL` (the languages its model.json declares);
+    handler, spec: the model (ModelHandler of str examples, its model.json at launch);
+    watch: a file pattern to watch for promotions (a model registry's pointers), or None.
+    """
+
+    language: str | None
+    handler: Any
+    spec: ModelSpec
+    watch: str | None = None
+    name: str = ""
+
+
+def route_index(lang: str | None, routes: Sequence[tuple[str | None, tuple | None]]) -> int | None:
+    """Which route scores a post in `lang`; None = no model may judge it (unsupported_language).
+
+    `routes`: (language, the model's declared languages) per route, in `--model` order. In order
+    of precedence: a route for the post's primary language (`--model hi=DIR`); the first plain
+    route whose model declares the language; the '*' route. A post whose language cannot be
+    determined ('und', emoji only, ...) goes to the first route: nothing says it is in another
+    language.
+    """
+    if not routes:
+        return None
+    if language.is_undetermined(lang):
+        return 0
+    wanted = language.primary(lang)
+    for i, (route_lang, _) in enumerate(routes):
+        if route_lang not in (None, language.ANY_LANGUAGE) and language.primary(route_lang) == wanted:
+            return i
+    for i, (route_lang, declared) in enumerate(routes):
+        if route_lang is None and language.supports(declared, lang):
+            return i
+    for i, (route_lang, _) in enumerate(routes):
+        if route_lang == language.ANY_LANGUAGE:
+            return i
+    return None
+
+
+class LaunchSpecs:
+    """model_id -> the ModelSpec (model.json) of the model that scored a post.
+
+    RunInference's predictions carry the `model_id` of the model that made them: the location
+    of a contract SavedModel (it changes when the job swaps models) or a checkpoint name. The
+    job passes a lookup that reads the model.json at a new location once per process
+    (models.handlers.SpecLookup); without one, or when it fails, the route's launch spec is used.
+    """
+
+    def __call__(self, model_id: str | None, fallback: ModelSpec) -> ModelSpec:
+        return fallback
+
+
 class _ToScoredRow(beam.DoFn):
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, spec_for=None, launch_id: str | None = None):
         self.spec = spec
+        self.spec_for = spec_for or LaunchSpecs()
+        self.launch_id = launch_id
         self.scored = Metrics.counter(NAMESPACE, "scored")
         self.dead = Metrics.counter(NAMESPACE, "dead_letter_score")
 
     def process(self, keyed: tuple[CleanPost, PredictionResult]):
         item, result = keyed
         try:
-            row = scored_row(item, result.inference, self.spec)
+            model_id = result.model_id
+            spec = self.spec if model_id in (None, "", self.launch_id) else self.spec_for(model_id, self.spec)
+            row = scored_row(item, result.inference, spec)
         except Exception as e:  # noqa: BLE001  (one post's output never stops the others)
             self.dead.inc()
             reason = (f"model raised {result.inference.reason}" if isinstance(result.inference, ModelFailure)
@@ -226,24 +330,75 @@ class _ToScoredRow(beam.DoFn):
         yield row
 
 
+class _Unsupported(beam.DoFn):
+    def __init__(self):
+        self.scored = Metrics.counter(NAMESPACE, "scored")
+        self.unsupported = Metrics.counter(NAMESPACE, "unsupported_language")
+
+    def process(self, item: CleanPost):
+        self.scored.inc()  # stored in scored_posts like any post: the balance counts it there
+        self.unsupported.inc()
+        yield unsupported_row(item)
+
+
 class ScorePosts(beam.PTransform):
     """CleanPost -> {"scored": ScoredPost rows, "dead_letters": DeadLetter rows}.
 
     A post the model fails on is found by `IsolateFailures` and becomes a dead letter with
     the exception's type and message; its batch neighbours are scored as usual.
+
+    With several routes (`--model en=bundled --model '*=DIR'`) posts are split by language
+    (`route_index`), each route scored by its own RunInference; a post no route takes becomes
+    an unsupported_language row (label NULL). `model_metadata` maps a route index to a
+    ModelMetadata PCollection (the job's watch of a model registry, connectors/model_watch.py, or
+    a test's TestStream) fed to that route's `RunInference(model_metadata_pcoll=...)`: a promotion
+    swaps the model without a restart, and every row carries the version of the model that
+    scored it (from the prediction's model_id, through `spec_for`).
     """
 
-    def __init__(self, model_handler, spec: ModelSpec):
+    def __init__(self, model_handler=None, spec: ModelSpec | None = None, *, routes: Sequence[Route] | None = None,
+                 spec_for=None, model_metadata: dict | None = None):
         super().__init__()
-        self.model_handler = model_handler
-        self.spec = spec
+        if routes is None:
+            if model_handler is None or spec is None:
+                raise ValueError("ScorePosts needs a model handler and its spec, or routes")
+            routes = [Route(language.ANY_LANGUAGE, model_handler, spec)]
+        self.routes = list(routes)
+        self.spec_for = spec_for
+        self.model_metadata = dict(model_metadata or {})
+
+    def _score(self, posts, i: int, route: Route, prefix: str):
+        metadata = self.model_metadata.get(i)
+        keyed = posts | f"{prefix}KeyByPost" >> beam.Map(lambda item: (item, item.clean_text))
+        handler = KeyedModelHandler(IsolateFailures(route.handler))
+        main = keyed | f"{prefix}RunInference" >> RunInference(handler, model_metadata_pcoll=metadata)
+        launch_id = getattr(route.handler, "location", None)
+        return main | f"{prefix}ToScoredRows" >> beam.ParDo(
+            _ToScoredRow(route.spec, self.spec_for, launch_id)).with_outputs("dead_letters", main="scored")
 
     def expand(self, posts):
-        keyed = posts | "KeyByPost" >> beam.Map(lambda item: (item, item.clean_text))
-        main = keyed | "RunInference" >> RunInference(KeyedModelHandler(IsolateFailures(self.model_handler)))
-        rows = main | "ToScoredRows" >> beam.ParDo(_ToScoredRow(self.spec)).with_outputs(
-            "dead_letters", main="scored")
-        return {"scored": rows.scored, "dead_letters": rows.dead_letters}
+        routes = self.routes
+        only = routes[0]
+        if len(routes) == 1 and (only.language == language.ANY_LANGUAGE or (
+                only.language is None and language.supports(getattr(only.spec, "languages", None), "any"))):
+            rows = self._score(posts, 0, routes[0], "")
+            return {"scored": rows.scored, "dead_letters": rows.dead_letters}
+        table = [(r.language, r.spec.languages if hasattr(r.spec, "languages") else None) for r in routes]
+        n = len(routes)
+
+        def pick(item, _n):
+            index = route_index(item.post.lang, table)
+            return n if index is None else index
+
+        parts = posts | "RouteByLanguage" >> beam.Partition(pick, n + 1)
+        scored, dead = [], []
+        for i, route in enumerate(routes):
+            rows = self._score(parts[i], i, route, f"Route{i}" if n > 1 else "")  # one model: the usual names
+            scored.append(rows.scored)
+            dead.append(rows.dead_letters)
+        scored.append(parts[n] | "UnsupportedLanguage" >> beam.ParDo(_Unsupported()))
+        return {"scored": tuple(scored) | "AllScored" >> beam.Flatten(),
+                "dead_letters": tuple(dead) | "AllScoreDeadLetters" >> beam.Flatten()}
 
 
 class ReviewQueue(beam.PTransform):
@@ -255,4 +410,5 @@ class ReviewQueue(beam.PTransform):
 
     def expand(self, scored):
         threshold = self.threshold
-        return scored | "KeepLowConfidence" >> beam.Filter(lambda row: row["confidence"] < threshold)
+        return scored | "KeepLowConfidence" >> beam.Filter(
+            lambda row: row["confidence"] is not None and row["confidence"] < threshold)
