@@ -107,7 +107,9 @@ def test_a_reader_never_sees_half_a_snapshot(tmp_path):
     writer.start()
     path = job_metrics.snapshot_path(out, run)
     seen, reads = [], 0
-    while not done.is_set() or reads < 5:
+    finished = False
+    while not finished or reads < 5:
+        finished = done.is_set()  # read once more after the last write: it must see the last snapshot
         columns, rows, skipped = duckdb_sql.query_with_warnings(out, "SELECT read, balanced FROM job_balance")
         assert skipped == [] and len(rows) == 1, (rows, skipped)
         assert rows[0][1] is True
