@@ -49,6 +49,7 @@ import uuid
 from typing import Any, Mapping
 
 from models.contracts import LABELS, LABELS_TABLE, REVIEW_LABELS, UTC
+from models.locations import fsync_directory
 
 TABLE = "labels"
 ROLL_UP = "*"
@@ -362,7 +363,7 @@ class ParquetLabelStore(LabelStore):
                 os.link(temp, target)  # fails if the name exists: one writer wins
             except FileExistsError:
                 return False
-            _fsync_directory(self.root)
+            fsync_directory(self.root)
             _cache_rows(target, os.stat(target), [row])
             return True
         finally:
@@ -376,19 +377,6 @@ def _fsync(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_directory(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # a platform that cannot open directories (Windows): the rename is durable enough
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
     finally:
         os.close(fd)
 

@@ -139,3 +139,18 @@ def local_dir(location: str) -> str:
     if is_remote(location):
         return fetch(location)
     return location
+
+
+def fsync_directory(path: str) -> None:
+    """Make a rename in a local directory durable (fsync the directory); a platform that cannot
+    open directories (Windows) is left as it is: the rename is durable enough there."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -223,7 +223,7 @@ def promote(registry: str, version: str, reason: dict) -> Pointer:
             finally:
                 if os.path.exists(temp):
                     os.unlink(temp)
-            _fsync_dir(folder)
+            locations.fsync_directory(folder)
     except RegistryError:
         raise
     except Exception as e:  # noqa: BLE001
@@ -236,19 +236,6 @@ def _write_remote(path: str, data: bytes) -> None:
 
     with FileSystems.create(path, compression_type="uncompressed") as f:
         f.write(data)
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ---- versions -----------------------------------------------------------------------------------

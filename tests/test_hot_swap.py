@@ -16,7 +16,6 @@ import datetime as dt
 import json
 import math
 import os
-import threading
 import time
 
 import apache_beam as beam
@@ -36,7 +35,7 @@ from models.savedmodel import ContractSavedModelHandler
 from pipelines import sentiment_pipeline
 from pipelines.sentiment_pipeline import create_routes
 from pipelines.options import OptionsError, SentimentOptions
-from transforms import inference
+from tests.fixtures.pubsub import BackgroundJob
 from transforms.inference import IsolateFailures, route_index
 
 TEXTS = ("I love this phone", "I hate the new update, worst ever", "the app opens at nine",
@@ -250,6 +249,25 @@ def _wait_for(condition, timeout_s: float, what: str) -> None:
         time.sleep(0.5)
 
 
+def swap_job_argv(subscription: str, out: str, registry_dir: str, run_for_s: int) -> list[str]:
+    """A Pub/Sub job scoring with a registry's current model, looking at its pointers every second."""
+    return ["--input", subscription, "--output", out, "--model", f"registry:{registry_dir}",
+            "--model_watch_interval", "1", "--window_size", "10", "--early_firing", "1", "--run_for", str(run_for_s)]
+
+
+def probe_until_scored_by(job, publisher, out: str, version: str, first_id: int) -> list[dict]:
+    """Publish a post a second until one is stored scored by `version` (the swap is seen); -> the probes."""
+    probes, n = [], first_id
+    while _count(out, f"model_version = '{version}'") == 0:
+        assert len(probes) < 120 and not job.failed, "the promotion was never picked up"
+        probe = _post(n, time.time())
+        n += 1
+        probes.append(probe)
+        publisher.publish([post_message(probe)])
+        time.sleep(1)
+    return probes
+
+
 @pytest.mark.integration
 def test_a_promotion_is_picked_up_by_a_running_pubsub_job(pubsub_env, two_version_registry, tmp_path):
     root, first = two_version_registry
@@ -257,47 +275,26 @@ def test_a_promotion_is_picked_up_by_a_running_pubsub_job(pubsub_env, two_versio
     topic = emulator.topic("swap")
     subscription = emulator.subscription(topic)
     out = str(tmp_path / "out")
-    stop = sentiment_pipeline.StopRequest()
-    outcome = {}
-
-    def run():
-        try:
-            outcome["result"] = sentiment_pipeline.run(
-                ["--input", subscription, "--output", out, "--model", f"registry:{root}",
-                 "--model_watch_interval", "1", "--window_size", "10", "--early_firing", "1",
-                 "--run_for", "300"], stop=stop)
-        except BaseException as e:  # noqa: BLE001
-            outcome["error"] = e
-
     now = time.time()
     publisher = Publisher(topic)
     before = [_post(i, now - 5 + i * 0.1) for i in range(10)]
     publisher.publish([post_message(p) for p in before])
-    job = threading.Thread(target=run, daemon=True)
-    job.start()
+    job = BackgroundJob(swap_job_argv(subscription, out, root, 300)).start()
     try:
-        _wait_for(lambda: _count(out) >= len(before) or "error" in outcome, 180, "the first posts")
-        assert "error" not in outcome, outcome.get("error")
+        _wait_for(lambda: _count(out) >= len(before) or job.failed, 180, "the first posts")
+        assert not job.failed, job.error
         registry.promote(root, "tiny-v2", {"why": "test: promoted while the job runs"})
-        probes, n = [], 1000
-        while _count(out, "model_version = 'tiny-v2'") == 0:  # posts until one is scored by the new model
-            assert len(probes) < 120 and "error" not in outcome, "the promotion was never picked up"
-            probe = _post(n, time.time())
-            n += 1
-            probes.append(probe)
-            publisher.publish([post_message(probe)])
-            time.sleep(1)
+        probes = probe_until_scored_by(job, publisher, out, "tiny-v2", 1000)
         after = [_post(2000 + i, time.time()) for i in range(10)]
         publisher.publish([post_message(p) for p in after])
         publisher.close()
         expected = len(before) + len(probes) + len(after)
         _wait_for(lambda: _count(out) >= expected, 120, "the posts after the swap")
     finally:
-        stop.request("test over")
-        job.join(120)
-    assert not job.is_alive(), "the drain did not finish (the model watch must stop with it)"
-    assert "error" not in outcome, outcome.get("error")
-    assert outcome["result"].pulse_end.drained
+        job.stop()
+    assert not job.thread.is_alive(), "the drain did not finish (the model watch must stop with it)"
+    assert not job.failed, job.error
+    assert job.result.pulse_end.drained
     rows = _sql(out, "SELECT post_id, model_version FROM scored_posts")
     ids = [r[0] for r in rows]
     assert sorted(ids) == sorted(p["id"] for p in before + probes + after)  # none lost, none twice

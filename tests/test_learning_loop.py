@@ -9,7 +9,6 @@ promotes it, and the running job picks it up: posts after the swap carry the new
 none lost or scored twice, and the drain finishes.
 """
 import os
-import threading
 import time
 
 import pytest
@@ -20,8 +19,9 @@ from connectors.publisher import Publisher, post_message
 from models import data as data_lib
 from models import evaluate
 from models import registry
-from pipelines import cli, sentiment_pipeline
-from tests.test_hot_swap import _count, _post, _sql, _wait_for
+from pipelines import cli
+from tests.fixtures.pubsub import BackgroundJob
+from tests.test_hot_swap import _count, _post, _sql, _wait_for, probe_until_scored_by, swap_job_argv
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -43,15 +43,6 @@ def label_review_queue(output: str, limit: int = 240) -> int:
         store.record(post, truth[post_id], "corpus")
         n += 1
     return n
-
-
-@pytest.fixture
-def weak_champion(tmp_path, toy_corpus_dir):
-    from models import train
-
-    out = str(tmp_path / "weak")
-    train.run(toy_corpus_dir, out, epochs=1, subset=10, ablation=False, progress=False, version="weak-1")
-    return out
 
 
 def test_labels_accuracy_retrain_promote_and_a_running_job_swaps(
@@ -78,26 +69,13 @@ def test_labels_accuracy_retrain_promote_and_a_running_job_swaps(
     topic = pubsub_env.topic("loop")
     subscription = pubsub_env.subscription(topic)
     job_out = str(tmp_path / "job")
-    stop = sentiment_pipeline.StopRequest()
-    outcome = {}
-
-    def run():
-        try:
-            outcome["result"] = sentiment_pipeline.run(
-                ["--input", subscription, "--output", job_out, "--model", f"registry:{reg}",
-                 "--model_watch_interval", "1", "--window_size", "10", "--early_firing", "1",
-                 "--run_for", "400"], stop=stop)
-        except BaseException as e:  # noqa: BLE001
-            outcome["error"] = e
-
     publisher = Publisher(topic)
     before = [_post(i, time.time()) for i in range(5)]
     publisher.publish([post_message(p) for p in before])
-    job = threading.Thread(target=run, daemon=True)
-    job.start()
+    job = BackgroundJob(swap_job_argv(subscription, job_out, reg, 400)).start()
     try:
-        _wait_for(lambda: _count(job_out) >= len(before) or "error" in outcome, 180, "the first posts")
-        assert "error" not in outcome, outcome.get("error")
+        _wait_for(lambda: _count(job_out) >= len(before) or job.failed, 180, "the first posts")
+        assert not job.failed, job.error
 
         # Retrain on a small budget: the toy corpus plus the labels; the challenger is promoted.
         assert cli.main(["retrain", "--output", output, "--registry", reg, "--data", toy_corpus_dir,
@@ -106,23 +84,15 @@ def test_labels_accuracy_retrain_promote_and_a_running_job_swaps(
         promoted = registry.current(reg)
         assert promoted.version != "weak-1" and promoted.previous == "weak-1", printed
 
-        probes, n = [], 100
-        while _count(job_out, f"model_version = '{promoted.version}'") == 0:
-            assert len(probes) < 120 and "error" not in outcome, "the promotion was never picked up"
-            probe = _post(n, time.time())
-            n += 1
-            probes.append(probe)
-            publisher.publish([post_message(probe)])
-            time.sleep(1)
+        probes = probe_until_scored_by(job, publisher, job_out, promoted.version, 100)
         after = [_post(1000 + i, time.time()) for i in range(5)]
         publisher.publish([post_message(p) for p in after])
         publisher.close()
         _wait_for(lambda: _count(job_out) >= len(before) + len(probes) + len(after), 120, "the last posts")
     finally:
-        stop.request("test over")
-        job.join(120)
-    assert not job.is_alive() and "error" not in outcome, outcome.get("error")
-    assert outcome["result"].pulse_end.drained
+        job.stop()
+    assert not job.thread.is_alive() and not job.failed, job.error
+    assert job.result.pulse_end.drained
     rows = dict(_sql(job_out, "SELECT post_id, model_version FROM scored_posts"))
     assert sorted(rows) == sorted(p["id"] for p in before + probes + after)
     assert _sql(job_out, "SELECT COUNT(*) = COUNT(DISTINCT post_id) FROM scored_posts") == [(True,)]

@@ -14,7 +14,6 @@ import zlib
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -232,15 +231,6 @@ def write_labels(output):
         store.record(post, "positive", "ana")
         store.record(post, "negative", "bo")
     return n
-
-
-@pytest.fixture
-def weak_champion(tmp_path, toy_corpus_dir):
-    from models import train
-
-    out = str(tmp_path / "weak")
-    train.run(toy_corpus_dir, out, epochs=1, subset=10, ablation=False, progress=False, version="weak-1")
-    return out
 
 
 def test_pulse_retrain_promotes_a_better_challenger_once(tmp_path, toy_corpus_dir, weak_champion, capsys):
