@@ -13,8 +13,18 @@ A registry is a directory, local or any URI Beam's `FileSystems` reads (`gs://..
 (a stamp that would not sort after the greatest one present is moved 1 microsecond past it).
 A pointer's body is JSON: `version`, `location` (absolute path or URI of the version
 directory), `promoted_at` (RFC 3339), `previous` (the version current before, or null) and
-`reason` (a dict: who or what promoted it, and why). The current model is the pointer with
-the greatest file name; rolling back or forward is one more promotion, so the history stays.
+`reason` (a dict: who or what promoted it, and why). The current model is the readable pointer
+with the greatest file name; rolling back or forward is one more promotion, so the history stays.
+
+A version is checked before it can become current (`promote`, `init`, retrain's promotion):
+models/savedmodel.py `vet` loads it, scores a probe batch and compares the output with its
+model.json (classes, languages, a spec the job can read); one that fails is refused with one
+sentence and never reaches a job.
+
+Damage never stops the registry: a file in pointers/ that is not a pointer (`notes.json`, a
+name without the stamp) or cannot be read (truncated, not JSON) is reported by `pulse registry
+list` (`problems`) and skipped by everything else: `current`, `history`, `promote` (a roll back
+too), the job's watch and `pulse run --model registry:`.
 
 Readers never see half a file: locally a pointer is written under a name that does not match
 `*.json` (`.tmp-<uuid>.json.partial`) and renamed into place; a version is copied into
@@ -32,36 +42,20 @@ import argparse
 import datetime as dt
 import json
 import os
-import re
 import shutil
 import sys
 import uuid
 from typing import NamedTuple, Sequence
 
 from models import locations
+from models.pointers import (_POINTER_NAME, _VERSION, Pointer, RegistryError, _basename,  # noqa: F401
+                             _one_line, _read, is_pointer_name, read_pointer)
 
 SPEC_FILE = "model.json"
 VERSIONS = "versions"
 POINTERS = "pointers"
 STAMP_FORMAT = "%Y%m%dT%H%M%S%fZ"
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
-_POINTER_NAME = re.compile(r"^(\d{8}T\d{12}Z)-(.+)\.json$")
 UTC = dt.timezone.utc
-
-
-class RegistryError(Exception):
-    """The registry cannot be read or written as asked (one sentence, fit for a one-line error)."""
-
-
-class Pointer(NamedTuple):
-    """One promotion: `version` became current at `promoted_at`, served from `location`."""
-
-    version: str
-    location: str
-    promoted_at: str
-    previous: str | None
-    path: str
-    reason: dict
 
 
 # ---- paths ------------------------------------------------------------------------------------
@@ -122,57 +116,47 @@ def _match(pattern: str) -> list[tuple[str, int]]:
     return [(m.path, m.size_in_bytes) for m in result.metadata_list]
 
 
-def _one_line(error) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0][:300] if lines else type(error).__name__
-
-
-def _read(path: str) -> bytes:
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.open(path, compression_type="uncompressed") as f:
-        return f.read()
-
-
 # ---- pointers -----------------------------------------------------------------------------------
 
 
-def read_pointer(path: str) -> Pointer:
-    """One pointer file -> Pointer; RegistryError (one sentence) when it cannot be read or parsed."""
-    try:
-        body = json.loads(_read(path).decode("utf-8"))
-    except Exception as e:  # noqa: BLE001  (missing, unreadable, not UTF-8, not JSON: one verdict)
-        raise RegistryError(f"pointer {path} is unreadable: {_one_line(e)}") from None
-    if not isinstance(body, dict) or not isinstance(body.get("version"), str) \
-            or not isinstance(body.get("location"), str):
-        raise RegistryError(f"pointer {path} is unreadable: it needs a JSON object with version and location")
-    reason = body.get("reason")
-    previous = body.get("previous")
-    return Pointer(version=body["version"], location=body["location"],
-                   promoted_at=str(body.get("promoted_at") or ""),
-                   previous=previous if isinstance(previous, str) else None,
-                   path=path, reason=reason if isinstance(reason, dict) else {})
-
-
 def pointer_files(registry: str) -> list[str]:
-    """The registry's pointer files, oldest first (by file name)."""
+    """The registry's pointer files (by name: readable or not), oldest first (by file name)."""
     paths = [p for p, _ in _match(pointer_glob(_root(registry)))]
-    return sorted((p for p in paths if _POINTER_NAME.match(_basename(p))), key=_basename)
+    return sorted((p for p in paths if is_pointer_name(p)), key=_basename)
 
 
-def _basename(path: str) -> str:
-    return path.rstrip("/").rsplit("/", 1)[-1]
+def scan(registry: str) -> tuple[list[Pointer], list[tuple[str, str]]]:
+    """The readable promotions, oldest first, and the problems in pointers/: [(path, why)] for each
+    file there that is not a pointer or cannot be read (everything but `list` skips them)."""
+    root = _root(registry)
+    pointers, problems = [], []
+    names = set(pointer_files(root))
+    for path, _ in _match(_join(root, POINTERS, "*")):
+        name = _basename(path)
+        if path not in names and not name.startswith("."):  # .tmp-*.partial: a promotion being written
+            problems.append((path, "not a pointer (a pointer is named <stamp>-<version>.json)"))
+    for path in sorted(names, key=_basename):
+        try:
+            pointers.append(read_pointer(path))
+        except RegistryError as e:
+            problems.append((path, str(e)))
+    return pointers, sorted(problems)
 
 
 def current(registry: str) -> Pointer | None:
-    """The current model: the pointer with the greatest file name; None for an empty registry."""
-    files = pointer_files(registry)
-    return read_pointer(files[-1]) if files else None
+    """The current model: the readable pointer with the greatest file name (damaged ones are
+    skipped); None for a registry with no readable pointer."""
+    for path in reversed(pointer_files(registry)):
+        try:
+            return read_pointer(path)
+        except RegistryError:
+            continue
+    return None
 
 
 def history(registry: str) -> list[Pointer]:
-    """Every promotion, oldest first."""
-    return [read_pointer(p) for p in pointer_files(registry)]
+    """Every readable promotion, oldest first."""
+    return scan(registry)[0]
 
 
 def _stamp(now: dt.datetime, after: str | None) -> str:
@@ -184,10 +168,31 @@ def _stamp(now: dt.datetime, after: str | None) -> str:
     return stamp
 
 
-def promote(registry: str, version: str, reason: dict) -> Pointer:
+_VETTED: set[str] = set()  # locations that passed `vet` in this process (a version never changes)
+
+
+def vet_version(location: str, version: str) -> None:
+    """Load the version at `location`, score a probe batch, compare with its model.json
+    (models/savedmodel.py `vet`); RegistryError (one sentence) when a job could not use it."""
+    if location in _VETTED:
+        return
+    from models.savedmodel import vet
+
+    try:
+        spec = vet(location)
+    except ValueError as e:
+        raise RegistryError(f"version {version} is refused: {_one_line(e)}") from None
+    if spec.version != version:
+        raise RegistryError(f"version {version} is refused: its {SPEC_FILE} names version {spec.version}")
+    _VETTED.add(location)
+
+
+def promote(registry: str, version: str, reason: dict, *, check: bool = True) -> Pointer:
     """Make `version` (already in versions/) the current model: write one new pointer -> it.
 
-    RegistryError when the version is not in the registry or the pointer cannot be written.
+    With `check` (turned off only by tests of the job's own checks) the version is vetted first
+    (`vet_version`). RegistryError when the version is not in the registry, fails the check, or
+    the pointer cannot be written.
     """
     root = _root(registry)
     check_version(version)
@@ -196,9 +201,12 @@ def promote(registry: str, version: str, reason: dict) -> Pointer:
         raise RegistryError(f"no version {version} in {root} (versions: {known})")
     if not isinstance(reason, dict):
         raise RegistryError("a promotion's reason must be a dict (what promoted it and why)")
-    files = pointer_files(root)
+    if check:
+        vet_version(version_location(root, version), version)
+    files = pointer_files(root)  # damaged ones too: a new stamp sorts after every name present
     last = _POINTER_NAME.match(_basename(files[-1])).group(1) if files else None
-    previous = read_pointer(files[-1]).version if files else None
+    now_pointer = current(root)
+    previous = now_pointer.version if now_pointer else None
     now = dt.datetime.now(UTC)
     stamp = _stamp(now, last)
     body = {"version": version, "location": version_location(root, version),
@@ -326,7 +334,7 @@ def _copy(source: str, dest: str) -> None:
                 shutil.copyfileobj(src, dst, 1 << 20)
 
 
-def init(registry: str, model: str = locations.BUNDLED) -> Pointer:
+def init(registry: str, model: str = locations.BUNDLED, *, check: bool = True) -> Pointer:
     """An empty registry: add `model` (bundled, a directory or a URI) and promote it -> its pointer.
     A registry that has a current model: that pointer, untouched."""
     root = _root(registry)
@@ -342,7 +350,7 @@ def init(registry: str, model: str = locations.BUNDLED) -> Pointer:
     version = read_spec(source)["version"]
     add_version(root, source)
     return promote(root, version, {"action": "init", "source": model,
-                                   "why": "the registry was empty: its first model"})
+                                   "why": "the registry was empty: its first model"}, check=check)
 
 
 # ---- CLI ----------------------------------------------------------------------------------------
@@ -403,10 +411,15 @@ def listing(registry: str) -> str:
     for version in versions(registry):
         mark = "*" if now is not None and now.version == version else " "
         lines.append(f"  {mark} {version}")
+    pointers, problems = scan(registry)
     lines.append("promotions (oldest first):")
-    for p in history(registry):
+    for p in pointers:
         why = p.reason.get("why") or p.reason.get("decision") or ""
         lines.append(f"  {p.promoted_at}  {p.version:<16} from {p.previous or '-':<16} {why}")
+    if problems:
+        lines.append("skipped in pointers/ (not read by promote, roll back or a job):")
+        for path, why in problems:
+            lines.append(f"  ! {_basename(path)}: {why}")
     return "\n".join(lines)
 
 

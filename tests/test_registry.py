@@ -149,7 +149,8 @@ def test_a_reader_polling_the_pointer_glob_never_sees_a_partial_pointer(tmp_path
         with pytest.raises(json.JSONDecodeError):
             json.load(open(naive))
         with pytest.raises(registry.RegistryError, match="unreadable"):
-            registry.current(reg)
+            registry.read_pointer(naive)
+        assert registry.current(reg).version == version  # a reader of the registry skips it
 
 
 def test_an_unreadable_pointer_is_a_one_sentence_error(tmp_path, tiny_bundled_model):
@@ -158,13 +159,81 @@ def test_an_unreadable_pointer_is_a_one_sentence_error(tmp_path, tiny_bundled_mo
     bad = os.path.join(reg, "pointers", "29990101T000000000000Z-x.json")
     open(bad, "w").write("[1, 2")
     with pytest.raises(registry.RegistryError) as err:
-        registry.current(reg)
+        registry.read_pointer(bad)
     assert bad in str(err.value) and "\n" not in str(err.value)
     open(bad, "w").write('{"version": 3}')
     with pytest.raises(registry.RegistryError, match="needs a JSON object with version and location"):
         registry.read_pointer(bad)
     with pytest.raises(registry.RegistryError, match="unreadable"):
         registry.read_pointer(os.path.join(reg, "pointers", "missing.json"))
+
+
+def test_a_damaged_registry_is_reported_by_list_and_skipped_by_everything_else(tmp_path, tiny_bundled_model,
+                                                                               capsys):
+    reg = str(tmp_path / "registry")
+    registry.init(reg, tiny_bundled_model)
+    registry.add_version(reg, copy_model(tiny_bundled_model, tmp_path / "second", "2.second"))
+    registry.promote(reg, "2.second", {"why": "forward"})
+    pointers = os.path.join(reg, "pointers")
+    truncated = os.path.join(pointers, "29990101T000000000000Z-2.second.json")
+    open(truncated, "w").write('{"version": "2.sec')  # a copy cut short, sorting after every stamp
+    open(os.path.join(pointers, "notes.json"), "w").write('{"version": "x", "location": "/nowhere"}')
+    open(os.path.join(pointers, "zz-README.txt"), "w").write("who promoted what")
+    # Everything but list skips them: current, history, the job's launch, promote and roll back.
+    assert registry.current(reg).version == "2.second"
+    assert [p.version for p in registry.history(reg)] == ["tiny-test", "2.second"]
+    from models.handlers import resolve_model
+    assert resolve_model(f"registry:{reg}").location == registry.version_location(reg, "2.second")
+    assert cli.main(["registry", "promote", "tiny-test", "--registry", reg, "--reason", "roll back"]) == 0
+    assert "current: tiny-test (was 2.second)" in capsys.readouterr().out
+    back = registry.current(reg)
+    assert back.version == "tiny-test" and back.previous == "2.second"
+    assert os.path.basename(back.path) > os.path.basename(truncated)  # still the newest name
+    assert cli.main(["registry", "list", "--registry", reg]) == 0
+    out = capsys.readouterr().out
+    assert "* tiny-test" in out
+    skipped = out.split("skipped in pointers/")[1]
+    assert "! 29990101T000000000000Z-2.second.json: pointer" in skipped and "unreadable" in skipped
+    assert "! notes.json: not a pointer" in skipped and "! zz-README.txt: not a pointer" in skipped
+    _, problems = registry.scan(reg)
+    assert len(problems) == 3
+
+
+def test_the_pointer_name_filter(tmp_path):
+    assert registry.is_pointer_name("/r/pointers/20261203T101010123456Z-1.5c74f88237.json")
+    assert not registry.is_pointer_name("/r/pointers/notes.json")
+    assert not registry.is_pointer_name("/r/pointers/20261203T101010123456Z-.json")
+    assert not registry.is_pointer_name("/r/pointers/.tmp-abc.json.partial")
+    assert not registry.is_pointer_name("/r/pointers/20261203T101010Z-v1.json")
+
+
+def test_promote_refuses_a_version_a_job_could_not_use(tmp_path, tiny_bundled_model, capsys):
+    reg = str(tmp_path / "registry")
+    registry.init(reg, tiny_bundled_model)
+    # model.json declares five classes; the SavedModel outputs three.
+    five = copy_model(tiny_bundled_model, tmp_path / "five", "5.classes")
+    spec = json.load(open(os.path.join(five, "model.json")))
+    spec.update(classes=["1", "2", "3", "4", "5"], class_scores=[-1, -0.5, 0, 0.5, 1],
+                class_labels=["negative", "negative", "neutral", "positive", "positive"])
+    json.dump(spec, open(os.path.join(five, "model.json"), "w"))
+    registry.add_version(reg, five)
+    # A SavedModel cut short.
+    cut = copy_model(tiny_bundled_model, tmp_path / "cut", "6.cut")
+    open(os.path.join(cut, "saved_model.pb"), "wb").write(b"\x08\x01")
+    registry.add_version(reg, cut)
+    # languages the job cannot read.
+    odd = copy_model(tiny_bundled_model, tmp_path / "odd", "7.lang")
+    spec = json.load(open(os.path.join(odd, "model.json")))
+    spec["languages"] = ["English!"]
+    json.dump(spec, open(os.path.join(odd, "model.json"), "w"))
+    registry.add_version(reg, odd)
+    for version, why in (("5.classes", "declares 5 classes, the model outputs 3"),
+                         ("6.cut", "does not load as a SavedModel"), ("7.lang", "not a language code")):
+        assert cli.main(["registry", "promote", version, "--registry", reg]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: version {version} is refused: ") and why in err and err.count("\n") == 1
+        assert registry.current(reg).version == "tiny-test"  # never reaches a job
+    assert len(registry.history(reg)) == 1
 
 
 def test_a_remote_registry_works_through_filesystems(writable_bucket, tiny_bundled_model, tmp_path):
