@@ -37,7 +37,8 @@ def _one_line(error) -> str:
     return lines[0][:300] if lines else type(error).__name__
 
 
-def _basename(path: str) -> str:
+def basename(path: str) -> str:
+    """A path's file name (local or URI)."""
     return path.rstrip("/").rsplit("/", 1)[-1]
 
 
@@ -68,7 +69,7 @@ def read_pointer(path: str) -> Pointer:
 def is_pointer_name(path: str) -> bool:
     """True when a path's file name has the pointer format `<stamp>-<version>.json` (a promotion's
     name; `notes.json` or any other file in pointers/ is not a pointer)."""
-    match = _POINTER_NAME.match(_basename(path))
+    match = _POINTER_NAME.match(basename(path))
     return match is not None and _VERSION.match(match.group(2)) is not None
 
 

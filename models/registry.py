@@ -48,8 +48,9 @@ import uuid
 from typing import NamedTuple, Sequence
 
 from models import locations
-from models.pointers import (_POINTER_NAME, _VERSION, Pointer, RegistryError, _basename,  # noqa: F401
-                             _one_line, _read, is_pointer_name, read_pointer)
+from models.pointers import _POINTER_NAME, _VERSION, Pointer, RegistryError  # noqa: F401  (re-exported)
+from models.pointers import _one_line, _read, is_pointer_name, read_pointer  # noqa: F401
+from models.pointers import basename as _basename
 
 SPEC_FILE = "model.json"
 VERSIONS = "versions"

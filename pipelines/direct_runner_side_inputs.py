@@ -1,8 +1,9 @@
 """A fix that lets Beam's Python BundleBasedDirectRunner swap models while a job runs.
 
-The running job watches the model registry with Beam's `WatchFilePattern`, whose output (a
-`ModelMetadata` per promotion, in the global window, fired by `Repeatedly(AfterProcessingTime(1))`
-with DISCARDING panes) feeds `RunInference(model_metadata_pcoll=...)` as a singleton side input.
+The running job watches the model registry (connectors/model_watch.py), whose output (one
+`ModelMetadata` per pane, the newest pointer, in the global window, fired by
+`Repeatedly(AfterProcessingTime(1))`) feeds `RunInference(model_metadata_pcoll=...)` as a
+singleton side input.
 Streaming runners (Dataflow, Flink) give a triggered global-window side input the latest pane
 that has fired. Beam 2.77's Python DirectRunner does not:
 
@@ -14,10 +15,11 @@ that has fired. Beam 2.77's Python DirectRunner does not:
    added, so the second promotion fails with "PCollection of size 2 ... accessed as a
    singleton view".
 
-   `install()` changes this for side inputs in the global window with a trigger other than
-   the default (a triggered side input: the model watch): a bundle waits only until the
-   first pane has arrived, and then reads the latest element added: the model promoted last.
-   Every other side input keeps Beam's behaviour.
+   `install()` changes this for the model watch's collection alone (the output of
+   connectors.model_watch.LatestPointer, whose last step is labelled VIEW_LABEL): a bundle waits
+   only until the first pane has arrived, and then reads the latest element added: the newest
+   pointer. Every other side input, triggered global-window ones included (BigQuery FILE_LOADS
+   in streaming uses such views), keeps Beam's behaviour.
 
 Applied only when a job runs on the DirectRunner (pipelines/sentiment_pipeline.py).
 """
@@ -26,20 +28,22 @@ from __future__ import annotations
 import threading
 
 from apache_beam.runners.direct import evaluation_context
-from apache_beam.transforms import trigger, window
+from apache_beam.transforms import window
+
+from connectors.model_watch import VIEW_LABEL
 
 _LOCK = threading.Lock()
 _INSTALLED = False
 
 
-def is_triggered_global(side_input) -> bool:
-    """True for a side input in the global window fired by a trigger of its own (a model watch)."""
+def is_model_watch(side_input) -> bool:
+    """True for the model watch's side input (connectors.model_watch.LatestPointer's output) alone."""
     try:
+        label = side_input.pvalue.producer.full_label
         windowing = side_input.pvalue.windowing
-    except Exception:  # noqa: BLE001  (no windowing to judge: Beam's behaviour)
+    except Exception:  # noqa: BLE001  (nothing to judge: Beam's behaviour)
         return False
-    return (isinstance(windowing.windowfn, window.GlobalWindows)
-            and not isinstance(windowing.triggerfn, trigger.DefaultTrigger))
+    return label.rsplit("/", 1)[-1] == VIEW_LABEL and isinstance(windowing.windowfn, window.GlobalWindows)
 
 
 def install() -> None:
@@ -52,7 +56,7 @@ def install() -> None:
         original_update = container._update_watermarks_for_side_input_and_unblock_tasks
 
         def get_value_or_block_until_ready(self, side_input, task, block_until):
-            if not is_triggered_global(side_input):
+            if not is_model_watch(side_input):
                 return original_get(self, side_input, task, block_until)
             with self._lock:
                 view = self._views[side_input]
@@ -65,7 +69,7 @@ def install() -> None:
                 return None
 
         def update_and_unblock(self, side_input, watermark):
-            if not is_triggered_global(side_input):
+            if not is_model_watch(side_input):
                 return original_update(self, side_input, watermark)
             with self._lock:
                 view = self._views[side_input]

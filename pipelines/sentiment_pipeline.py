@@ -514,7 +514,7 @@ def run(argv: list[str] | None = None, model=None, stop: StopRequest | None = No
         routes = model
     else:
         from transforms.inference import Route
-        routes = [Route("*", model[0], model[1])]
+        routes = [Route("*", model[0], model[1], any_language=True)]
     source = make_source(sentiment, runner)
     routes = _watch_only_streams(routes, sentiment)
     for route in routes:

@@ -26,6 +26,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.transforms import trigger, window
 
+from connectors.model_watch import LatestPointer
 from connectors.parquet import WriteParquetTables
 from connectors.publisher import Publisher, post_message, rfc3339
 from models import registry
@@ -55,7 +56,11 @@ def test_route_index_prefers_the_language_route_then_declared_languages_then_sta
     assert route_index("ja", routes[:2]) is None  # unsupported_language
     assert route_index("hi", [(None, ("en",))]) is None
     assert route_index("hi", [(None, None)]) == 0  # a model that declares no languages takes all
-    assert route_index("fr", [("en", ("en",)), ("*", ("en",))]) == 1
+    # '*=DIR' takes the languages DIR declares, not every language
+    assert route_index("fr", [("en", ("en",)), ("*", ("en",))]) is None
+    assert route_index("zh", [("*", ("de",))]) is None and route_index("de", [("*", ("de",))]) == 0
+    assert route_index("fr", [("en", ("en",)), ("*", None)]) == 1
+    assert route_index("fr", [("en", ("en",)), ("*", ("*",))]) == 1
 
 
 def test_model_flag_language_prefix():
@@ -164,15 +169,16 @@ def _raw(post: dict, arrival: float) -> beam.window.TimestampedValue:
 class _SwapStream(beam.PTransform):
     """Posts and model metadata from one TestStream: the first batch, a promotion, the second batch."""
 
-    def __init__(self, first, second, pointer_path, t0):
+    def __init__(self, first, second, pointer_path, t0, launch_path):
         super().__init__()
         self.first, self.second, self.pointer_path, self.t0 = first, second, pointer_path, t0
+        self.launch_path = launch_path
         self.models = None
 
     def expand(self, pbegin):
         t0 = self.t0
         stream = (TestStream(output_tags={"posts", "models"})
-                  .add_elements([ModelMetadata(model_id="", model_name="")], tag="models")
+                  .add_elements([ModelMetadata(model_id=self.launch_path, model_name="")], tag="models")
                   .advance_processing_time(1)
                   .add_elements([_raw(p, t0 + 1) for p in self.first], tag="posts")
                   .advance_watermark_to(t0 + 60, tag="posts")
@@ -183,9 +189,7 @@ class _SwapStream(beam.PTransform):
                   .advance_watermark_to_infinity(tag="posts")
                   .advance_watermark_to_infinity(tag="models"))
         streams = pbegin | "Stream" >> stream
-        self.models = streams["models"] | "ModelsAsTriggeredSideInput" >> beam.WindowInto(
-            window.GlobalWindows(), trigger=trigger.Repeatedly(trigger.AfterProcessingTime(1)),
-            accumulation_mode=trigger.AccumulationMode.DISCARDING)
+        self.models = streams["models"] | "LatestPointer" >> LatestPointer()  # as the job's watch does
         return streams["posts"]
 
 
@@ -207,7 +211,7 @@ def test_a_promotion_mid_stream_swaps_the_model_on_teststream(two_version_regist
     t0 = (time.time() // 60 - 30) * 60  # half an hour ago, on a minute boundary
     first_batch = [_post(i, t0 + 1 + i) for i in range(12)]
     second_batch = [_post(100 + i, t0 + 61 + i) for i in range(12)]
-    source = _SwapStream(first_batch, second_batch, second.path, t0)
+    source = _SwapStream(first_batch, second_batch, second.path, t0, first.path)
     out = str(tmp_path / "out")
     options = PipelineOptions(["--window_size", "60", "--early_firing", "0"])
     options.view_as(beam.options.pipeline_options.StandardOptions).streaming = True

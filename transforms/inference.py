@@ -256,7 +256,10 @@ class Route(NamedTuple):
     language: the LANG of `--model LANG=MODEL` ('*': every language no other route takes), or
               None for a plain `--model MODEL` (the languages its model.json declares);
     handler, spec: the model (ModelHandler of str examples, its model.json at launch);
-    watch: a file pattern to watch for promotions (a model registry's pointers), or None.
+    watch: a file pattern to watch for promotions (a model registry's pointers), or None;
+    any_language: the route takes every language its language says, whatever its model declares
+              (a handler passed in code); otherwise a plain or '*' route takes only the languages
+              the model that scores declares, at launch and after every swap.
     """
 
     language: str | None
@@ -264,6 +267,11 @@ class Route(NamedTuple):
     spec: ModelSpec
     watch: str | None = None
     name: str = ""
+    any_language: bool = False
+
+    def checks_languages(self) -> bool:
+        """True when the scoring model's declared languages decide (a plain or '*' route)."""
+        return not self.any_language and self.language in (None, language.ANY_LANGUAGE)
 
 
 def route_index(lang: str | None, routes: Sequence[tuple[str | None, tuple | None]]) -> int | None:
@@ -271,9 +279,9 @@ def route_index(lang: str | None, routes: Sequence[tuple[str | None, tuple | Non
 
     `routes`: (language, the model's declared languages) per route, in `--model` order. In order
     of precedence: a route for the post's primary language (`--model hi=DIR`); the first plain
-    route whose model declares the language; the '*' route. A post whose language cannot be
-    determined ('und', emoji only, ...) goes to the first route: nothing says it is in another
-    language.
+    route whose model declares the language; the '*' route, when its model declares the language
+    (or any). A post whose language cannot be determined ('und', emoji only, ...) goes to the
+    first route: nothing says it is in another language.
     """
     if not routes:
         return None
@@ -286,10 +294,30 @@ def route_index(lang: str | None, routes: Sequence[tuple[str | None, tuple | Non
     for i, (route_lang, declared) in enumerate(routes):
         if route_lang is None and language.supports(declared, lang):
             return i
-    for i, (route_lang, _) in enumerate(routes):
-        if route_lang == language.ANY_LANGUAGE:
+    for i, (route_lang, declared) in enumerate(routes):
+        if route_lang == language.ANY_LANGUAGE and language.supports(declared, lang):
             return i
     return None
+
+
+def routing_table(routes: Sequence[Route]) -> list[tuple[str | None, tuple | None]]:
+    """Routes -> route_index's table. A watched route (a registry) is routed by the languages of
+    its launch version only where a '*' route could take the rest; alone, it takes every post and
+    the version that scores each one decides (`language_allowed`), so routing follows promotions."""
+    has_star = any(r.language == language.ANY_LANGUAGE and not r.watch for r in routes)
+    table = []
+    for r in routes:
+        declared = getattr(r.spec, "languages", None)
+        if r.any_language or (r.watch and r.checks_languages() and not has_star):
+            declared = None
+        table.append((r.language, declared))
+    return table
+
+
+def language_allowed(checks_languages: bool, spec: ModelSpec, lang: str | None) -> bool:
+    """May the model described by `spec` (the one that scored) label a post in `lang` on a route
+    (Route.checks_languages())?"""
+    return not checks_languages or language.supports(getattr(spec, "languages", None), lang)
 
 
 class LaunchSpecs:
@@ -306,18 +334,28 @@ class LaunchSpecs:
 
 
 class _ToScoredRow(beam.DoFn):
-    def __init__(self, spec: ModelSpec, spec_for=None, launch_id: str | None = None):
+    def __init__(self, spec: ModelSpec, spec_for=None, launch_id: str | None = None,
+                 check_languages: bool = False):
         self.spec = spec
         self.spec_for = spec_for or LaunchSpecs()
         self.launch_id = launch_id
+        self.check_languages = check_languages
         self.scored = Metrics.counter(NAMESPACE, "scored")
         self.dead = Metrics.counter(NAMESPACE, "dead_letter_score")
+        self.unsupported = Metrics.counter(NAMESPACE, "unsupported_language")
 
     def process(self, keyed: tuple[CleanPost, PredictionResult]):
         item, result = keyed
         try:
             model_id = result.model_id
             spec = self.spec if model_id in (None, "", self.launch_id) else self.spec_for(model_id, self.spec)
+            if not language_allowed(self.check_languages, spec, item.post.lang):
+                # The version that scored was not trained for this language (a promotion changed
+                # the route's languages): stored unscored, as at launch.
+                self.scored.inc()
+                self.unsupported.inc()
+                yield unsupported_row(item)
+                return
             row = scored_row(item, result.inference, spec)
         except Exception as e:  # noqa: BLE001  (one post's output never stops the others)
             self.dead.inc()
@@ -362,7 +400,7 @@ class ScorePosts(beam.PTransform):
         if routes is None:
             if model_handler is None or spec is None:
                 raise ValueError("ScorePosts needs a model handler and its spec, or routes")
-            routes = [Route(language.ANY_LANGUAGE, model_handler, spec)]
+            routes = [Route(language.ANY_LANGUAGE, model_handler, spec, any_language=True)]
         self.routes = list(routes)
         self.spec_for = spec_for
         self.model_metadata = dict(model_metadata or {})
@@ -374,16 +412,16 @@ class ScorePosts(beam.PTransform):
         main = keyed | f"{prefix}RunInference" >> RunInference(handler, model_metadata_pcoll=metadata)
         launch_id = getattr(route.handler, "location", None)
         return main | f"{prefix}ToScoredRows" >> beam.ParDo(
-            _ToScoredRow(route.spec, self.spec_for, launch_id)).with_outputs("dead_letters", main="scored")
+            _ToScoredRow(route.spec, self.spec_for, launch_id, route.checks_languages())).with_outputs("dead_letters", main="scored")
 
     def expand(self, posts):
         routes = self.routes
         only = routes[0]
-        if len(routes) == 1 and (only.language == language.ANY_LANGUAGE or (
-                only.language is None and language.supports(getattr(only.spec, "languages", None), "any"))):
+        table = routing_table(routes)
+        if len(routes) == 1 and (only.language == language.ANY_LANGUAGE or only.language is None) \
+                and language.supports(table[0][1], "any"):
             rows = self._score(posts, 0, routes[0], "")
             return {"scored": rows.scored, "dead_letters": rows.dead_letters}
-        table = [(r.language, r.spec.languages if hasattr(r.spec, "languages") else None) for r in routes]
         n = len(routes)
 
         def pick(item, _n):
