@@ -353,3 +353,164 @@ def test_options_keep_a_single_model_flag_working(tmp_path):
         validate_options(PipelineOptions(["--input", "projects/p/subscriptions/s", "--output", str(tmp_path / "o"),
                                           "--model_watch_interval", "0"])
                          .view_as(SentimentOptions))
+
+
+# ---- swaps that fail, through Beam's own RunInference DoFn ---------------------------------------
+
+
+def _variant(source: str, dest, version: str, **changes) -> str:
+    """A copy of a model directory with its model.json's version (and any other field) changed."""
+    import shutil
+
+    shutil.copytree(source, dest)
+    spec_path = os.path.join(dest, "model.json")
+    spec = json.load(open(spec_path))
+    spec.update(version=version, **changes)
+    json.dump(spec, open(spec_path, "w"))
+    return str(dest)
+
+
+class _StagedStream(beam.PTransform):
+    """One TestStream: per stage, model metadata (a pane: several paths at once), then a batch of posts
+    in its own minute. The metadata goes through the job's LatestPointer, as the registry watch's does."""
+
+    def __init__(self, stages, t0):
+        super().__init__()
+        self.stages, self.t0 = stages, t0
+        self.models = None
+
+    def expand(self, pbegin):
+        stream = TestStream(output_tags={"posts", "models"})
+        for k, (paths, posts) in enumerate(self.stages):
+            stream = (stream.add_elements([ModelMetadata(model_id=p, model_name="") for p in paths], tag="models")
+                      .advance_processing_time(5).advance_processing_time(5)
+                      .add_elements([_raw(p, self.t0 + 60 * k + 1) for p in posts], tag="posts")
+                      .advance_watermark_to(self.t0 + 60 * (k + 1), tag="posts")
+                      .advance_processing_time(5))
+        stream = stream.advance_watermark_to_infinity(tag="posts").advance_watermark_to_infinity(tag="models")
+        streams = pbegin | "Stream" >> stream
+        self.models = streams["models"] | "LatestPointer" >> LatestPointer()
+        return streams["posts"]
+
+
+@pytest.mark.parametrize("model_copies", [None, 1], ids=["in-process", "model_copies"])
+def test_failed_swaps_keep_the_last_good_model_and_rows_name_the_model_that_scored(
+        two_version_registry, tmp_path, tiny_bundled_model, second_model, model_copies):
+    """Through Beam's RunInference (model_metadata_pcoll): a version whose SavedModel does not load,
+    a version whose model.json cannot be read, files that are not pointers, two promotions in one
+    pane (the newest by NAME wins, though its file is older), a promotion to a German-only model
+    (English posts: unsupported_language), a roll back."""
+    root, first = two_version_registry
+    routes = create_routes([f"registry:{root}"], model_copies=model_copies)
+    cut = _variant(tiny_bundled_model, tmp_path / "cut", "6.cut")
+    open(os.path.join(cut, "saved_model.pb"), "wb").write(b"\x08\x01")  # a SavedModel cut short
+    registry.add_version(root, cut)
+    registry.add_version(root, _variant(second_model, tmp_path / "nospec", "7.nospec"))
+    registry.add_version(root, _variant(second_model, tmp_path / "de", "tiny-de", languages=["de"]))
+    cut_pointer = registry.promote(root, "6.cut", {"why": "test"}, check=False).path
+    nospec_pointer = registry.promote(root, "7.nospec", {"why": "test"}, check=False).path
+    open(os.path.join(registry.version_location(root, "7.nospec"), "model.json"), "w").write('{"versi')
+    v2_pointer = registry.promote(root, "tiny-v2", {"why": "test"}).path
+    de_pointer = registry.promote(root, "tiny-de", {"why": "test: two promotions in one interval"}).path
+    os.utime(de_pointer, (time.time() - 3600, time.time() - 3600))  # the newer name, the older file
+    back_pointer = registry.promote(root, "tiny-v2", {"why": "roll back"}).path
+    notes = os.path.join(root, "pointers", "notes.json")
+    open(notes, "w").write(json.dumps({"version": "tiny-test", "location": first.location}))
+    truncated = os.path.join(root, "pointers", "29990101T000000000000Z-tiny-test.json")
+    open(truncated, "w").write('{"version": "tiny-te')
+
+    t0 = (time.time() // 60 - 30) * 60
+    batches = [[_post(100 * k + i, t0 + 60 * k + 1 + i) for i in range(6)] for k in range(5)]
+    german = [_post(350 + i, t0 + 60 * 3 + 10 + i, "Das ist wirklich großartig", lang="de") for i in range(3)]
+    stages = [([first.path], batches[0]), ([cut_pointer], batches[1]), ([nospec_pointer, notes, truncated], batches[2]),
+              ([de_pointer, v2_pointer], batches[3] + german), ([back_pointer], batches[4])]
+    source = _StagedStream(stages, t0)
+    out = str(tmp_path / "out")
+    options = PipelineOptions(["--window_size", "60", "--early_firing", "0"])
+    options.view_as(beam.options.pipeline_options.StandardOptions).streaming = True
+    sentiment_pipeline.install_direct_runner_fixes()
+    p = beam.Pipeline(runner="BundleBasedDirectRunner", options=options)
+    sentiment_pipeline.build_pipeline(p, source, WriteParquetTables(out), options.view_as(SentimentOptions),
+                                      routes=routes, model_metadata=lambda: {0: source.models})
+    p.run().wait_until_finish()
+
+    rows = {r[0]: r[1:] for r in _sql(out, "SELECT post_id, model_version, label, skip_reason FROM scored_posts")}
+    every = [q for batch in batches for q in batch] + german
+    assert sorted(rows) == sorted(q["id"] for q in every)  # each once, none a dead letter
+    if os.path.isdir(f"{out}/dead_letters"):
+        assert _sql(out, "SELECT count(*) FROM dead_letters") == [(0,)]
+    by_stage = [{rows[q["id"]][0] for q in batch} for batch in batches]
+    assert by_stage[0] == {"tiny-test"}
+    assert by_stage[1] == {"tiny-test"}  # 6.cut does not load: the last good model scores, and says so
+    assert by_stage[2] == {"tiny-test"}  # 7.nospec refused; notes.json and the truncated pointer ignored
+    assert {rows[q["id"]] for q in batches[3]} == {(None, None, "unsupported_language")}  # tiny-de: German only
+    assert {rows[q["id"]][0] for q in german} == {"tiny-de"}
+    assert by_stage[4] == {"tiny-v2"}  # rolled back to tiny-v2
+
+
+# ---- the watch: newest valid pointer by name, one element a pane; other side inputs stock ----------
+
+
+@pytest.fixture
+def damaged_pointers(tmp_path, tiny_bundled_model):
+    """A registry with three promotions whose files' times run backwards, and beside them files that
+    are not usable pointers: a readable pointer body named notes.json, a truncated pointer that sorts
+    after every stamp. -> (registry, [the three pointer paths, oldest name first], [the others])"""
+    root = str(tmp_path / "registry")
+    registry.init(root, tiny_bundled_model)
+    paths = [registry.current(root).path] + [
+        registry.promote(root, "tiny-test", {"why": f"promotion {i}"}).path for i in range(2)]
+    for age, path in enumerate(reversed(paths)):  # the newest name has the oldest file
+        os.utime(path, (time.time() - 3600 * (age + 1),) * 2)
+    notes = os.path.join(root, "pointers", "notes.json")
+    open(notes, "w").write(json.dumps({"version": "tiny-test", "location": registry.current(root).location}))
+    truncated = os.path.join(root, "pointers", "29990101T000000000000Z-tiny-test.json")
+    open(truncated, "w").write('{"version": "tiny-te')
+    return root, paths, [notes, truncated]
+
+
+def test_the_watch_picks_the_newest_pointer_by_name_and_skips_what_is_not_one(damaged_pointers):
+    from connectors import model_watch
+
+    root, paths, others = damaged_pointers
+    assert model_watch.newest(registry.pointer_glob(root)) == paths[-1]
+    assert [model_watch.is_valid_pointer(p) for p in paths + others] == [True, True, True, False, False]
+    assert model_watch.newer_pointer(paths[0], paths[2]) == paths[2] == model_watch.newer_pointer(paths[2], paths[0])
+
+
+def test_latest_pointer_reduces_a_pane_of_several_files_to_the_newest_valid_pointer(damaged_pointers):
+    from apache_beam.testing.util import assert_that, equal_to
+
+    root, paths, others = damaged_pointers
+    # One pane, as Beam's file watch on Dataflow or Flink emits it after several promotions.
+    pane = [paths[2], paths[0], others[0], paths[1], others[1], ""]
+    stream = (TestStream().add_elements([ModelMetadata(model_id=m, model_name="") for m in pane])
+              .advance_processing_time(5).advance_processing_time(5).advance_watermark_to_infinity())
+    options = PipelineOptions()
+    options.view_as(beam.options.pipeline_options.StandardOptions).streaming = True
+    with beam.Pipeline(runner="BundleBasedDirectRunner", options=options) as p:
+        out = (p | stream | LatestPointer()
+               | beam.WindowInto(window.GlobalWindows()) | beam.Map(lambda m: m.model_id))
+        # every pane fired is the one newest pointer (a singleton side input's pane)
+        assert_that(out, lambda actual: equal_to([paths[2]])(sorted(set(actual))) if actual else equal_to([1])([]),
+                    label="OneElementTheNewestByName")
+
+
+def test_other_triggered_global_side_inputs_behave_as_stock_beam():
+    """The DirectRunner patch serves the model watch alone: any other side input in the global
+    window with a trigger of its own reads every element, as Beam does."""
+    from apache_beam.testing.util import assert_that, equal_to
+
+    sentiment_pipeline.install_direct_runner_fixes()
+    options = PipelineOptions()
+    options.view_as(beam.options.pipeline_options.StandardOptions).streaming = True
+    stream = (TestStream().add_elements(["a"]).advance_processing_time(2).add_elements(["b"])
+              .advance_processing_time(2).add_elements(["c"]).advance_processing_time(2)
+              .advance_watermark_to_infinity())
+    with beam.Pipeline(runner="BundleBasedDirectRunner", options=options) as p:
+        side = (p | "Side" >> stream | "Triggered" >> beam.WindowInto(
+            window.GlobalWindows(), trigger=trigger.Repeatedly(trigger.AfterProcessingTime(1)),
+            accumulation_mode=trigger.AccumulationMode.DISCARDING))
+        out = (p | "Main" >> beam.Create([0])
+               | "ReadSide" >> beam.Map(lambda _, s: sorted(s), s=beam.pvalue.AsList(side)))
+        assert_that(out, equal_to([["a", "b", "c"]]), label="EveryElement")
