@@ -460,7 +460,7 @@ def damaged_pointers(tmp_path, tiny_bundled_model):
     registry.init(root, tiny_bundled_model)
     paths = [registry.current(root).path] + [
         registry.promote(root, "tiny-test", {"why": f"promotion {i}"}).path for i in range(2)]
-    for age, path in enumerate(reversed(paths)):  # the newest name has the oldest file
+    for age, path in enumerate(paths):  # the newest name has the oldest file
         os.utime(path, (time.time() - 3600 * (age + 1),) * 2)
     notes = os.path.join(root, "pointers", "notes.json")
     open(notes, "w").write(json.dumps({"version": "tiny-test", "location": registry.current(root).location}))
