@@ -340,9 +340,26 @@ def test_a_post_no_model_was_trained_for_is_stored_unscored(tmp_path, tiny_bundl
 def test_a_star_route_scores_the_other_languages_with_its_own_version(tmp_path, tiny_bundled_model, second_model):
     now = time.time() - 600
     posts = [_post(1, now, "I love this phone"), _post(2, now + 1, "बहुत अच्छा", lang="hi")]
-    out = _replay(tmp_path, posts, [f"en={tiny_bundled_model}", f"*={second_model}"])
+    anywhere = _variant(second_model, tmp_path / "any", "tiny-v2", languages=["*"])
+    out = _replay(tmp_path, posts, [f"en={tiny_bundled_model}", f"*={anywhere}"])
     rows = dict(_sql(out, "SELECT post_id, model_version FROM scored_posts"))
     assert rows == {"p1": "tiny-test", "p2": "tiny-v2"}
+
+
+def test_a_star_route_and_a_plain_model_label_only_the_languages_they_declare(tmp_path, second_model):
+    """A German-only model under '*' (or alone) must not label English, Chinese or Russian posts."""
+    now = time.time() - 600
+    posts = [_post(1, now, "I love this phone"), _post(2, now + 1, "这个手机很好", lang="zh"),
+             _post(3, now + 2, "Отличный телефон", lang="ru"), _post(4, now + 3, "Das ist großartig", lang="de")]
+    german = _variant(second_model, tmp_path / "de", "tiny-de", languages=["de"])
+    for flag in (f"*={german}", german):
+        run_dir = tmp_path / ("star" if flag.startswith("*") else "plain")
+        run_dir.mkdir()
+        out = _replay(run_dir, posts, [flag])
+        rows = {r[0]: r[1:] for r in _sql(out, "SELECT post_id, label, model_version, skip_reason FROM scored_posts")}
+        assert {k: v for k, v in rows.items() if k != "p4"} == {
+            k: (None, None, "unsupported_language") for k in ("p1", "p2", "p3")}, flag
+        assert rows["p4"][1:] == ("tiny-de", None) and rows["p4"][0] in ("negative", "neutral", "positive"), flag
 
 
 def test_options_keep_a_single_model_flag_working(tmp_path):
