@@ -80,6 +80,7 @@ BENCH_RATES ?= 100,500,1000
 bench: $(DATA)/.stamp
 	$(PY) -m bench.run_all --data $(DATA)
 	$(PY) -m bench.live --rates $(BENCH_RATES) --minutes $(BENCH_MINUTES)
+	$(PY) -m bench.registry_soak --data $(DATA) --minutes 5
 
 bench-live: $(VENV)/.stamp
 	$(PY) -m bench.live --rates $(BENCH_RATES) --minutes $(BENCH_MINUTES)
