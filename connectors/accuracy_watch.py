@@ -2,21 +2,32 @@
 
     pulse accuracy --output OUT|PROJECT:DATASET [--margin 0.05] [--min-labels 50] [--model bundled|DIR]
 
-Reads the view `model_accuracy` (sql/views.sql: macro-F1 per model version, keyword and
-language over `labels_resolved`, the reviewers' resolved labels) and raises one alert row
-(models/contracts.ALERTS, kind `model_degraded`) for each model version, and each keyword of
-it (unless that keyword holds all the version's labels: the same alert again), whose live
-macro-F1 is below the model's own evaluation by more than `margin`, with at least
-`min_labels` resolved labels behind it (its own count for a keyword):
+Reads the view `model_accuracy` (sql/views.sql: macro-F1 over the classes present, per model
+version, keyword and language over `labels_resolved`, the reviewers' resolved labels) and
+raises one alert row (models/contracts.ALERTS, kind `model_degraded`) for each model version,
+and each keyword of it (unless that keyword holds all the version's labels: the same alert
+again), whose live figure is below the model's own evaluation by more than `margin`. A figure
+is judged on what its labels can measure (`judge`):
+
+- fewer than `min_labels` resolved labels (its own count for a keyword): too few, not judged;
+- one class labelled (60 negative labels): accuracy, against model.json's evaluation accuracy
+  (evaluation.per_split.tweets.model.accuracy); macro-F1 means nothing over one class;
+- a class labelled fewer than MIN_CLASS_SUPPORT times beside others: too one-sided, not judged
+  (its F1 would be decided by a handful of posts);
+- otherwise macro-F1 over the classes present, against the evaluation's macro-F1.
+
+`pulse accuracy` prints each version's verdict (what it was judged on, or why not) with the
+supports, and names the labelled posts that are not in scored_posts (labels for posts this
+output never scored: a typo'd id, another job's output), which it flags rather than trusts.
 
     keyword         '*' for the version over all keywords, else the keyword
     window_start    the first labelled_at of the labels behind the figure (labels_resolved)
     window_end      the last one
-    value           the live macro-F1
-    baseline        the model's own evaluation macro-F1: model.json
-                    evaluation.per_split.tweets.model.macro_f1 (the reserved tweets, the split
-                    closest to live posts)
-    zscore          (value - baseline) / the standard error of the live macro-F1: a bootstrap
+    value           the live macro-F1 over the classes present (or the live accuracy, for one class)
+    baseline        the model's own evaluation figure: model.json
+                    evaluation.per_split.tweets.model.macro_f1 (or .accuracy) (the reserved tweets,
+                    the split closest to live posts)
+    zscore          (value - baseline) / the standard error of the live figure: a bootstrap
                     over the labelled posts (BOOTSTRAP_RESAMPLES, seeded, posts in a fixed
                     order, so the same labels give the same figure), floored at
                     MIN_STANDARD_ERROR; negative: the model does worse than its evaluation
@@ -62,6 +73,7 @@ DEFAULT_MIN_LABELS = 50
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 17
 MIN_STANDARD_ERROR = 0.01  # a bootstrap over posts the model gets all right has no spread
+MIN_CLASS_SUPPORT = 5  # a class with fewer labels beside others: the figure is too one-sided to judge
 SAMPLE_POSTS = 5
 ALL = "*"
 
@@ -84,32 +96,52 @@ def expected_f1_of(model_json: Mapping[str, Any]) -> float | None:
     return float(value)
 
 
+def expected_accuracy_of(model_json: Mapping[str, Any]) -> float | None:
+    """model.json -> evaluation.per_split.tweets.model.accuracy, or None when it does not say."""
+    try:
+        value = model_json["evaluation"]["per_split"]["tweets"]["model"]["accuracy"]
+    except (KeyError, TypeError):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
 def expected_from_spec(spec: ModelSpec | None = None, registry: str | None = None) -> Expected:
     """version -> expected macro-F1 | None: the running model's own model.json (`spec`), and for
     other versions `<registry>/versions/<version>/model.json` when a registry is given (read
-    once per version through Beam's FileSystems, so gs:// works too)."""
-    known: dict[str, float | None] = {}
+    once per version through Beam's FileSystems, so gs:// works too). Its `accuracy` attribute
+    is the same for the expected accuracy (a version judged on one labelled class)."""
+    known: dict[str, dict | None] = {}
     if spec is not None:
-        known[spec.version] = expected_f1_of(spec.to_dict())
+        known[spec.version] = spec.to_dict()
+
+    def model_json(version: str) -> dict | None:
+        if version not in known:
+            known[version] = _registry_model_json(registry, version) if registry and version and \
+                re.fullmatch(r"[\w.+-]+", version) else None
+        return known[version]
 
     def expected(version: str) -> float | None:
-        if version in known:
-            return known[version]
-        value = None
-        if registry and version and re.fullmatch(r"[\w.+-]+", version):
-            value = _registry_expected(registry, version)
-        known[version] = value
-        return value
+        found = model_json(version)
+        return None if found is None else expected_f1_of(found)
+
+    def accuracy(version: str) -> float | None:
+        found = model_json(version)
+        return None if found is None else expected_accuracy_of(found)
+
+    expected.accuracy = accuracy
     return expected
 
 
-def _registry_expected(registry: str, version: str) -> float | None:
+def _registry_model_json(registry: str, version: str) -> dict | None:
     from apache_beam.io.filesystems import FileSystems
 
     path = f"{registry.rstrip('/')}/versions/{version}/model.json"
     try:
         with FileSystems.open(path) as f:
-            return expected_f1_of(json.loads(f.read().decode("utf-8")))
+            body = json.loads(f.read().decode("utf-8"))
+        return body if isinstance(body, dict) else None
     except Exception:  # noqa: BLE001  (no such version, unreadable: unknown, no alert)
         return None
 
@@ -133,11 +165,11 @@ def _missing(value) -> bool:
 
 def standard_error(truth: Sequence[int], predicted: Sequence[int], resamples: int = BOOTSTRAP_RESAMPLES,
                    seed: int = BOOTSTRAP_SEED) -> float:
-    """The bootstrap standard error of macro-F1 (models.evaluate's rule) over these posts, floored at
-    MIN_STANDARD_ERROR."""
+    """The bootstrap standard error of macro-F1 over the classes present (models.evaluate's
+    macro_f1_present) over these posts, floored at MIN_STANDARD_ERROR."""
     import numpy as np
 
-    from models.evaluate import _macro_f1_of_counts
+    from models.evaluate import _macro_f1_present_of_counts
 
     truth, predicted = np.asarray(truth, dtype=np.int64), np.asarray(predicted, dtype=np.int64)
     if len(truth) < 2:
@@ -147,7 +179,32 @@ def standard_error(truth: Sequence[int], predicted: Sequence[int], resamples: in
     idx = rng.integers(0, len(truth), size=(resamples, len(truth)))
     codes = (truth[idx] * n + predicted[idx] + (np.arange(resamples) * n * n)[:, None]).ravel()
     counts = np.bincount(codes, minlength=resamples * n * n).reshape(resamples, n, n)
-    return max(float(np.std(_macro_f1_of_counts(counts), ddof=1)), MIN_STANDARD_ERROR)
+    return max(float(np.std(_macro_f1_present_of_counts(counts), ddof=1)), MIN_STANDARD_ERROR)
+
+
+def accuracy_standard_error(right: int, n: int) -> float:
+    """The standard error of an accuracy of right/n (binomial), floored at MIN_STANDARD_ERROR."""
+    if n < 2:
+        return MIN_STANDARD_ERROR
+    p = right / n
+    return max(math.sqrt(p * (1 - p) / n), MIN_STANDARD_ERROR)
+
+
+def judge(row: Mapping[str, Any], min_labels: int) -> tuple[str | None, str]:
+    """A model_accuracy row -> (the figure it is judged on: "macro_f1" or "accuracy", or None when its
+    labels are too few or too one-sided to judge; and why, with the supports)."""
+    labels = int(row.get("labels") or 0)
+    supports = {c: int(row.get(f"support_{c}") or 0) for c in LABELS}
+    said = ", ".join(f"{c} {n}" for c, n in supports.items())
+    if labels < min_labels:
+        return None, f"too few labels to judge ({labels} < {min_labels}; {said})"
+    present = {c: n for c, n in supports.items() if n > 0}
+    if len(present) == 1:
+        return "accuracy", f"one class labelled ({said}): judged on accuracy"
+    thin = [c for c, n in present.items() if n < MIN_CLASS_SUPPORT]
+    if thin:
+        return None, (f"too one-sided to judge ({said}; {', '.join(thin)} under {MIN_CLASS_SUPPORT} labels)")
+    return "macro_f1", f"judged on macro-F1 over the {len(present)} classes labelled ({said})"
 
 
 def alert_identity(kind: str, model_version: str, keyword: str, labels: int) -> str:
@@ -185,16 +242,24 @@ def degraded_alerts(accuracy_rows: Iterable[Mapping[str, Any]], expected: Expect
         if version == ALL or row["lang"] != ALL or _missing(row.get("macro_f1")):
             continue
         labels = int(row["labels"])
-        if labels < min_labels or (keyword != ALL and labels == version_labels.get(version)):
-            continue  # too few, or the version's own figure again (its only labelled keyword)
-        baseline = expected(version)
-        if baseline is None:
+        if keyword != ALL and labels == version_labels.get(version):
+            continue  # the version's own figure again (its only labelled keyword)
+        metric, _ = judge(row, min_labels)
+        if metric is None:
+            continue  # too few labels, or too one-sided to say anything
+        expected_accuracy = getattr(expected, "accuracy", None)
+        baseline = expected(version) if metric == "macro_f1" else (
+            expected_accuracy(version) if expected_accuracy is not None else None)
+        if baseline is None or _missing(row.get(metric)):
             continue
-        value = float(row["macro_f1"])
+        value = float(row[metric])
         if not value < baseline - margin:
             continue
         group = sorted(by_group.get((version, keyword), ()), key=lambda p: (p["post_id"], p["keyword"]))
-        se = standard_error([index[p["label"]] for p in group], [index[p["model_label"]] for p in group])
+        if metric == "macro_f1":
+            se = standard_error([index[p["label"]] for p in group], [index[p["model_label"]] for p in group])
+        else:
+            se = accuracy_standard_error(sum(p["label"] == p["model_label"] for p in group), len(group))
         wrong = sorted((p for p in group if p["label"] != p["model_label"]),
                        key=lambda p: (_utc(p.get("last_labelled_at")) or now, p["post_id"]), reverse=True)
         alerts.append({
@@ -209,6 +274,7 @@ def degraded_alerts(accuracy_rows: Iterable[Mapping[str, Any]], expected: Expect
             "emitted_at": now,
             "_model_version": version,
             "_labels": labels,
+            "_metric": metric,
             "_id": alert_identity(KIND, version, keyword, labels),
         })
     return alerts
@@ -223,6 +289,9 @@ def public_row(alert: Mapping[str, Any]) -> dict:
 ACCURACY_SQL = "SELECT * FROM ${dataset}.model_accuracy ORDER BY model_version, keyword, lang"
 POSTS_SQL = ("SELECT post_id, keyword, label, contested, model_label, model_version, last_labelled_at "
              "FROM ${dataset}.labels_resolved WHERE model_label IS NOT NULL")
+UNKNOWN_SQL = ("SELECT DISTINCT post_id FROM ${dataset}.labels_resolved WHERE post_id NOT IN "
+               "(SELECT post_id FROM ${dataset}.scored_posts) ORDER BY post_id")
+UNKNOWN_SHOWN = 10
 
 
 def is_bigquery(output: str) -> bool:
@@ -263,6 +332,31 @@ def read(output: str, client=None) -> tuple[list[dict], list[dict]]:
         columns, rows = duckdb_sql.query(output, sqlfiles.render(text, "duckdb"))
         out.append([dict(zip(columns, r)) for r in rows])
     return out[0], out[1]
+
+
+def unknown_posts(output: str, client=None) -> list[str]:
+    """The labelled post ids that are not in the output's scored_posts (flagged by `pulse accuracy`)."""
+    from connectors import sqlfiles
+
+    if is_bigquery(output):
+        client = _bq_client(output, client)
+        return [r["post_id"] for r in client.query(sqlfiles.render(UNKNOWN_SQL, "bigquery", output)).result()]
+    from connectors import duckdb_sql
+
+    _, rows = duckdb_sql.query(output, sqlfiles.render(UNKNOWN_SQL, "duckdb"))
+    return [r[0] for r in rows]
+
+
+def verdicts(rows: Sequence[Mapping[str, Any]], min_labels: int) -> list[str]:
+    """One line per model version (over all keywords and languages): what it is judged on, or why not."""
+    out = []
+    for r in rows:
+        if r["model_version"] == ALL or r["keyword"] != ALL or r["lang"] != ALL:
+            continue
+        metric, why = judge(r, min_labels)
+        value = "" if metric is None or _missing(r.get(metric)) else f" {metric} {float(r[metric]):.3f}:"
+        out.append(f"  {r['model_version']}:{value} {why}")
+    return out
 
 
 def alert_path(output: str, alert: Mapping[str, Any]) -> str:
@@ -357,9 +451,9 @@ class AccuracyWatch:
             self._failed = True
             return []
         for alert in written:
-            _LOG.warning("model_degraded: model %s, keyword %s: live macro-F1 %.3f over %d labels, evaluation %.3f",
-                         alert["_model_version"], alert["keyword"], alert["value"], alert["_labels"],
-                         alert["baseline"])
+            _LOG.warning("model_degraded: model %s, keyword %s: live %s %.3f over %d labels, evaluation %.3f",
+                         alert["_model_version"], alert["keyword"], alert["_metric"], alert["value"],
+                         alert["_labels"], alert["baseline"])
         return written
 
 
@@ -436,13 +530,26 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if rows:
         print(format_table(rows, expected))
+        print()
+        print("verdicts (each version over all keywords and languages):")
+        print("\n".join(verdicts(rows, args.min_labels)))
+        try:
+            unknown = unknown_posts(args.output)
+        except Exception as e:  # noqa: BLE001  (the flag is extra; the figures stand without it)
+            unknown = []
+            print(f"could not check the labelled posts against scored_posts: {str(e).splitlines()[0] if str(e) else e}")
+        if unknown:
+            shown = ", ".join(unknown[:UNKNOWN_SHOWN]) + (", ..." if len(unknown) > UNKNOWN_SHOWN else "")
+            print(f"flagged: labels for {len(unknown)} post(s) not in scored_posts (not scored in this output; "
+                  f"check them before trusting the figures): {shown}")
     else:
         print("no resolved labels with a known model label yet (label posts at the dashboard's review desk)")
     print()
     if written:
         print(f"{len(written)} new {KIND} alert(s):")
         for a in written:
-            print(f"  model {a['_model_version']}, keyword {a['keyword']}: macro-F1 {a['value']:.3f} over "
+            figure = "macro-F1" if a["_metric"] == "macro_f1" else "accuracy"
+            print(f"  model {a['_model_version']}, keyword {a['keyword']}: {figure} {a['value']:.3f} over "
                   f"{a['_labels']} labels, evaluation {a['baseline']:.3f}, z = {a['zscore']:.1f}, "
                   f"labelled {a['window_start']:%Y-%m-%d %H:%M} .. {a['window_end']:%Y-%m-%d %H:%M} UTC")
     else:

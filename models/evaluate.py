@@ -40,6 +40,22 @@ def macro_f1(truth: Sequence[int], predicted: Sequence[int], n: int = 3) -> floa
     return float(f1.mean())
 
 
+def macro_f1_present(truth: Sequence[int], predicted: Sequence[int], n: int = 3) -> float | None:
+    """Mean per-class F1 over the classes present (labelled or predicted); None for no posts. A class
+    nobody labelled and the model never said is no evidence either way (the live accuracy watch:
+    60 negative labels the model got all right give 1.0, where `macro_f1` gives 0.333)."""
+    m = confusion(truth, predicted, n)
+    present = (m.sum(0) + m.sum(1)) > 0
+    if not present.any():
+        return None
+    tp = np.diag(m).astype(float)
+    precision = np.divide(tp, m.sum(0), out=np.zeros(n), where=m.sum(0) > 0)
+    recall = np.divide(tp, m.sum(1), out=np.zeros(n), where=m.sum(1) > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros(n), where=denom > 0)
+    return float(f1[present].sum() / present.sum())
+
+
 def _macro_f1_of_counts(m: np.ndarray) -> np.ndarray:
     """Confusion matrices `[..., n, n]` -> macro-F1 `[...]` (the same rule as `macro_f1`)."""
     tp = np.diagonal(m, axis1=-2, axis2=-1).astype(float)
@@ -49,6 +65,20 @@ def _macro_f1_of_counts(m: np.ndarray) -> np.ndarray:
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
     return f1.mean(-1)
+
+
+def _macro_f1_present_of_counts(m: np.ndarray) -> np.ndarray:
+    """Confusion matrices `[..., n, n]` -> macro-F1 over the classes present `[...]` (`macro_f1_present`;
+    0 where no class is present)."""
+    tp = np.diagonal(m, axis1=-2, axis2=-1).astype(float)
+    predicted, actual = m.sum(-2), m.sum(-1)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    present = (predicted + actual) > 0
+    count = present.sum(-1)
+    return np.divide((f1 * present).sum(-1), count, out=np.zeros(count.shape), where=count > 0)
 
 
 def paired_bootstrap_f1_gain(truth: Sequence[int], a: Sequence[int], b: Sequence[int], n: int = 3,

@@ -333,9 +333,12 @@ JOIN verdict AS v ON v.tally_post_id = r.post_id AND v.tally_keyword = r.keyword
 --   support_C                    labels of class C; precision_C, recall_C: NULL where undefined
 --                                (the model never said C / no label is C)
 --   f1_C                         2PR / (P + R), 0 where P or R is 0 or undefined
---   macro_f1                     mean of f1_C over the three classes: exactly
---                                models/evaluate.py macro_f1 (a class that is neither labelled
---                                nor predicted scores 0)
+--   macro_f1                     mean of f1_C over the classes present (labelled or predicted):
+--                                exactly models/evaluate.py macro_f1_present (a class neither
+--                                labelled nor predicted is no evidence: 60 negative labels the
+--                                model all got right give 1.0, not 0.333)
+--   classes_labelled             how many classes have support > 0 (1: judged on accuracy alone,
+--                                connectors/accuracy_watch.judge)
 --   first/last_labelled_at       the span of the labels behind the figures (labels_resolved)
 -- accuracy and macro_f1 are NULL where labels = 0 (a group of contested posts only). No labels, no rows.
 CREATE OR REPLACE VIEW ${dataset}.model_accuracy AS
@@ -413,7 +416,15 @@ SELECT
   labels,
   contested,
   SAFE_DIVIDE(correct, labels) AS accuracy,
-  IF(labels > 0, (f1_negative + f1_neutral + f1_positive) / 3, NULL) AS macro_f1,
+  IF(labels > 0,
+     (IF(support_negative + predicted_negative > 0, f1_negative, 0.0)
+      + IF(support_neutral + predicted_neutral > 0, f1_neutral, 0.0)
+      + IF(support_positive + predicted_positive > 0, f1_positive, 0.0))
+     / (IF(support_negative + predicted_negative > 0, 1, 0) + IF(support_neutral + predicted_neutral > 0, 1, 0)
+        + IF(support_positive + predicted_positive > 0, 1, 0)),
+     NULL) AS macro_f1,
+  IF(support_negative > 0, 1, 0) + IF(support_neutral > 0, 1, 0) + IF(support_positive > 0, 1, 0)
+    AS classes_labelled,
   support_negative,
   precision_negative,
   recall_negative,

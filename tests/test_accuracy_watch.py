@@ -23,7 +23,7 @@ from connectors import accuracy_watch as aw
 from connectors import duckdb_sql
 from connectors.parquet import to_table
 from models.contracts import LABELS, LABELS_TABLE, UTC, ModelSpec
-from models.evaluate import macro_f1
+from models.evaluate import macro_f1, macro_f1_present
 from pipelines import cli
 
 T0 = dt.datetime(2026, 11, 24, 14, 0, tzinfo=UTC)
@@ -124,7 +124,8 @@ def reference_accuracy(resolved):
         truth = [CLASSES.index(p["label"]) for p in kept]
         predicted = [CLASSES.index(p["model_label"]) for p in kept]
         out[key] = {"labels": len(kept), "contested": len(posts) - len(kept),
-                    "macro_f1": macro_f1(truth, predicted) if kept else None,
+                    "macro_f1": macro_f1_present(truth, predicted) if kept else None,
+                    "classes_labelled": len(set(truth)),
                     "accuracy": sum(t == q for t, q in zip(truth, predicted)) / len(kept) if kept else None,
                     **{f"support_{c}": truth.count(i) for i, c in enumerate(CLASSES)}}
     return out
@@ -166,7 +167,8 @@ def test_per_class_figures_by_hand(tmp_path):
     assert (row["precision_positive"], row["recall_positive"], row["f1_positive"]) == (pytest.approx(1 / 3), 1.0, 0.5)
     assert (row["support_neutral"], row["precision_neutral"], row["recall_neutral"], row["f1_neutral"]) == \
         (1, None, 0.0, 0.0)  # never predicted: precision undefined, F1 0
-    assert row["macro_f1"] == macro_f1([0, 0, 2, 1], [0, 2, 2, 2])
+    assert row["macro_f1"] == macro_f1([0, 0, 2, 1], [0, 2, 2, 2]) == macro_f1_present([0, 0, 2, 1], [0, 2, 2, 2])
+    assert row["classes_labelled"] == 3
 
 
 # ---- model_degraded: the pure core --------------------------------------------------------------
@@ -405,3 +407,70 @@ def test_the_jobs_counter_snapshots_run_the_watch_at_the_end(tmp_path):
     assert [(r["kind"], r["keyword"], r["baseline"]) for r in stored] == [
         ("model_degraded", "*", spec.extra["evaluation"]["per_split"]["tweets"]["model"]["macro_f1"])]
     assert len(sql(out, "SELECT * FROM job_balance")) == 1  # the snapshot itself is still written
+
+
+# ---- judged on what the labels can measure ------------------------------------------------------
+
+
+def one_sided(n, label_value="negative", model_label="negative", start=0, keyword="acme", version="v1"):
+    return [label(start + i, f"{keyword}-o{start + i}", "ana", label_value, model_label, version, seconds=i,
+                  keyword=keyword) for i in range(n)]
+
+
+def test_a_perfect_model_on_one_labelled_class_is_judged_on_accuracy_and_not_flagged(tmp_path):
+    """The issue's case: 60 labels, all negative, all agreeing with the model: accuracy 1.000, and no
+    model_degraded alert (it was macro-F1 0.333 over three classes, z = -38.5)."""
+    out = str(tmp_path)
+    version = ModelSpec.load(os.path.join(os.path.dirname(aw.__file__), "..", "models", "bundled")).version
+    write_labels(out, one_sided(60, version=version))
+    rows, posts = aw.read(out)
+    [row] = [r for r in rows if (r["model_version"], r["keyword"], r["lang"]) == (version, "*", "*")]
+    assert (row["accuracy"], row["macro_f1"], row["classes_labelled"]) == (1.0, 1.0, 1)
+    assert aw.judge(row, 50) == ("accuracy", "one class labelled (negative 60, neutral 0, positive 0): "
+                                             "judged on accuracy")
+    code, printed, err = run_cli("--output", out)
+    assert (code, err) == (0, "") and "no new model_degraded alerts" in printed
+    assert f"  {version}: accuracy 1.000: one class labelled (negative 60, neutral 0, positive 0)" in printed
+    assert sql(out, "SELECT * FROM alerts") == []
+
+
+def test_one_labelled_class_the_model_gets_wrong_alerts_on_accuracy(tmp_path):
+    out = str(tmp_path)
+    write_labels(out, one_sided(40) + one_sided(20, model_label="positive", start=100))
+    rows, posts = aw.read(out)
+    expected = aw.expected_from_spec(ModelSpec.from_dict(
+        {"version": "v1", "evaluation": {"per_split": {"tweets": {"model": {"accuracy": 0.8, "macro_f1": 0.7}}}}}))
+    [alert] = aw.degraded_alerts(rows, expected, 0.05, 50, T0, posts=posts)
+    assert (alert["_metric"], alert["keyword"], alert["baseline"]) == ("accuracy", "*", 0.8)
+    assert alert["value"] == pytest.approx(40 / 60)
+    assert alert["zscore"] == pytest.approx((40 / 60 - 0.8) / ((40 / 60) * (20 / 60) / 60) ** 0.5)
+
+
+def test_too_few_or_too_one_sided_labels_are_said_and_not_judged(tmp_path):
+    out = str(tmp_path)
+    # 57 negative labels, 3 positive; the model says positive to every one of them.
+    write_labels(out, one_sided(57, model_label="positive") + one_sided(3, "positive", "positive", start=100))
+    rows, posts = aw.read(out)
+    [row] = [r for r in rows if (r["model_version"], r["keyword"], r["lang"]) == ("v1", "*", "*")]
+    assert aw.judge(row, 50) == (None, "too one-sided to judge (negative 57, neutral 0, positive 3; "
+                                       "positive under 5 labels)")
+    assert aw.judge(row, 61)[0] is None and aw.judge(row, 61)[1].startswith("too few labels to judge (60 < 61;")
+    assert aw.degraded_alerts(rows, lambda v: 0.99, 0.05, 50, T0, posts=posts) == []
+
+
+def test_pulse_accuracy_flags_labels_for_posts_it_never_scored(tmp_path):
+    from connectors.parquet import write_atomically
+    from models.contracts import SCORED_POSTS
+
+    out = str(tmp_path)
+    write_labels(out, labelled_posts(30, 30))
+    scored = [{"post_id": f"acme-r{i}", "keyword": "acme", "lang": "en", "author_id": "a", "created_at": T0,
+               "text": "t", "clean_text": "t", "label": "neutral", "score": 0.0, "stars": None, "confidence": 0.5,
+               "token_count": 1, "oov_count": 0, "model_version": "v1", "processed_at": T0,
+               "beyond_lateness": False, "skip_reason": None} for i in range(30)]
+    write_atomically(os.path.join(out, "scored_posts", "part.parquet"), to_table(scored, SCORED_POSTS))
+    assert aw.unknown_posts(out) == sorted(f"acme-w{30 + i}" for i in range(30))
+    code, printed, err = run_cli("--output", out)
+    assert code == 0
+    [flag] = [line for line in printed.splitlines() if line.startswith("flagged:")]
+    assert flag.startswith("flagged: labels for 30 post(s) not in scored_posts") and "acme-w30, acme-w31" in flag
