@@ -9,8 +9,9 @@ model A. Posts are published at `rate`/s for the whole run (ids in publish order
 
 - at 25 % of the run, a BROKEN version is promoted (its SavedModel cut short; promoted without
   the registry's check, as a pointer written by an older `pulse` or by hand would be);
-- at 50 %, two promotions inside one watch interval: model B (other weights), then model A again
-  under a third version name; the job must end on the last one, never crash on the pane of two;
+- at 50 %, two promotions inside one watch interval (both vetted beforehand, so the two pointers
+  are written milliseconds apart): model B (other weights), then model A again under a third
+  version name; the job must end on the last one, never crash on the pane of two;
 
 then 20 s of quiet, SIGINT, and the job drains. Checked at the sinks and in the subscription
 (`check` -> the list of failures, empty when the run holds):
@@ -174,6 +175,9 @@ def run_soak(model_a: str, model_b: str, workdir: str, duration_s: float, rate: 
                 registry.promote(root, names["broken"], {"why": "soak: a broken promotion"}, check=False)
                 log(f"[soak] promoted the broken version at post {i}")
             if i == n // 2:
+                # Vetted first (a load each), so that the two pointers land milliseconds apart.
+                registry.vet_version(locations[names["b"]], names["b"])
+                registry.vet_version(locations[names["a2"]], names["a2"])
                 registry.promote(root, names["b"], {"why": "soak: first of two in one interval"})
                 registry.promote(root, names["a2"], {"why": "soak: second of two in one interval"})
                 pair_at = time.monotonic()

@@ -342,6 +342,11 @@ def init(registry: str, model: str = locations.BUNDLED, *, check: bool = True) -
     found = current(root)
     if found is not None:
         return found
+    damaged = pointer_files(root)
+    if damaged:  # promotions were made, none can be read: not an empty registry to fill
+        _, problems = scan(root)
+        raise RegistryError(f"no readable pointer in {root} ({len(damaged)} damaged, e.g. {problems[0][1]}); "
+                            "add a version and promote it with pulse registry promote")
     try:
         source = locations.local_dir(model)
     except FileNotFoundError as e:
