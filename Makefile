@@ -35,9 +35,9 @@ $(VENV)/.stamp: requirements.lock setup.py
 
 setup: $(VENV)/.stamp
 
-$(DATA)/.stamp: $(VENV)/.stamp models/data.py connectors/sample_stream.py
+$(DATA)/.stamp: $(VENV)/.stamp models/data.py connectors/sources/sample_stream.py
 	$(PY) -m models.data fetch --dest $(DATA)
-	$(PY) -m connectors.sample_stream --data $(DATA) --out $(DATA)/sample_stream.jsonl
+	$(PY) -m connectors.sources.sample_stream --data $(DATA) --out $(DATA)/sample_stream.jsonl
 	touch $@
 
 data: $(DATA)/.stamp

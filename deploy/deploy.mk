@@ -127,7 +127,7 @@ dataflow-check:
 # the Storage Write API creates tables without partitioning.
 bq-tables: $(VENV)/.stamp
 	@[ -n "$(PROJECT)" ] || { echo "error: set PROJECT (make bq-tables PROJECT=my-proj DATASET=pulse)"; exit 2; }
-	$(PY) -m connectors.bigquery create --dataset $(PROJECT):$(DATASET) --location $(REGION)
+	$(PY) -m connectors.sinks.bigquery create --dataset $(PROJECT):$(DATASET) --location $(REGION)
 
 # The worker image (GPU and CPU; also the flex template launcher and Flink's SDK harness), built
 # by Cloud Build (docker cannot build on every machine) and pushed to IMAGE.

@@ -1,6 +1,6 @@
 """The embedded default stream: real tweets as an hour of posts about five brands.
 
-    python -m connectors.sample_stream --data data --out data/sample_stream.jsonl
+    python -m connectors.sources.sample_stream --data data --out data/sample_stream.jsonl
 
 Built by `make data` from the 4,200 human-rated tweets of Hutto & Gilbert (ICWSM 2014,
 MIT licence, shipped in the vaderSentiment 3.3.2 sdist), so no copy is committed:

@@ -2,7 +2,7 @@
 
     pulse accuracy --output OUT|PROJECT:DATASET [--margin 0.05] [--min-labels 50] [--model bundled|DIR]
 
-Reads the view `model_accuracy` (sql/views.sql: macro-F1 per model version, keyword and
+Reads the view `model_accuracy` (connectors/query/views.sql: macro-F1 per model version, keyword and
 language over `labels_resolved`, the reviewers' resolved labels) and raises one alert row
 (models/contracts.ALERTS, kind `model_degraded`) for each model version, and each keyword of
 it (unless that keyword holds all the version's labels: the same alert again), whose live
@@ -30,7 +30,7 @@ None: a model.json without that evaluation, a version nobody can find) raises no
 Writing is idempotent: the same alert (kind, model version, keyword, labels count) written
 twice is one row. Parquet: `<output>/alerts/<YYYY-MM-DD of window_start>/accuracy-<digest>.parquet`
 (the digest of that identity), written through a temporary name and renamed into place
-(connectors/parquet.write_atomically) and not written again when the file exists, so the
+(connectors/sinks/parquet.write_atomically) and not written again when the file exists, so the
 first emitted_at stays; the views read every `alerts/**/*.parquet` as the job's alerts.
 BigQuery: a query for the same alert (kind, keyword, window_start, window_end, value) and
 then a streaming insert whose insertId is the digest. The `alerts` table has no model-version
@@ -237,7 +237,7 @@ class AccuracyWatchError(RuntimeError):
 
 
 def _bq_client(output: str, client=None):
-    from connectors.bigquery import bigquery_client, split_dataset
+    from connectors.sinks.bigquery import bigquery_client, split_dataset
 
     project, _ = split_dataset(output)
     return client if client is not None else bigquery_client(project)
@@ -245,7 +245,7 @@ def _bq_client(output: str, client=None):
 
 def read(output: str, client=None) -> tuple[list[dict], list[dict]]:
     """-> (model_accuracy rows, labels_resolved rows whose model label is known)."""
-    from connectors import sqlfiles
+    from connectors.query import sqlfiles
 
     if is_bigquery(output):
         client = _bq_client(output, client)
@@ -254,7 +254,7 @@ def read(output: str, client=None) -> tuple[list[dict], list[dict]]:
             sql = sqlfiles.render(text, "bigquery", output)
             out.append([dict(r.items()) for r in client.query(sql).result()])
         return out[0], out[1]
-    from connectors import duckdb_sql
+    from connectors.query import duckdb_sql
 
     if not os.path.isdir(output):
         raise AccuracyWatchError(f"no output directory {output!r}: run the job first (pulse run --output {output})")
@@ -277,7 +277,7 @@ def write(output: str, alerts: Sequence[Mapping[str, Any]], client=None) -> list
         return _write_bigquery(output, alerts, client)
     from apache_beam.io.filesystems import FileSystems
 
-    from connectors.parquet import to_table, write_atomically
+    from connectors.sinks.parquet import to_table, write_atomically
     from models.contracts import ALERTS
 
     written = []
@@ -293,8 +293,8 @@ def write(output: str, alerts: Sequence[Mapping[str, Any]], client=None) -> list
 def _write_bigquery(output: str, alerts, client=None) -> list[dict]:
     from google.cloud import bigquery
 
-    from connectors import sqlfiles
-    from connectors.bigquery import to_bq_row
+    from connectors.query import sqlfiles
+    from connectors.sinks.bigquery import to_bq_row
 
     client = _bq_client(output, client)
     table = sqlfiles.quote_dataset(output) + ".alerts"

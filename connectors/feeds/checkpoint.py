@@ -9,7 +9,7 @@ restart resumes exactly after the last acknowledged post: nothing lost, nothing 
 X post ids are snowflakes (64-bit, increasing with time): compared as integers,
 stored as strings, as the API sends them.
 
-    python -c "from connectors.checkpoint import Checkpoint; c = Checkpoint('/tmp/ck.json'); c.advance('acme', '1790000000000000001'); print(open('/tmp/ck.json').read())"
+    python -c "from connectors.feeds.checkpoint import Checkpoint; c = Checkpoint('/tmp/ck.json'); c.advance('acme', '1790000000000000001'); print(open('/tmp/ck.json').read())"
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ waits without sleeping:
 `RateLimited`, `Transient` or `Fatal` (the API connector translates its client's
 exceptions into these); 401/403 are `Fatal` and end the program with a clear message.
 
-    python -c "from connectors.rate_limit import *; c = FakeClock(0); b = TokenBucket.for_limit(ENDPOINT_LIMITS['search_recent'], c); [b.acquire() for _ in range(3)]; print(c.sleeps)"
+    python -c "from connectors.feeds.rate_limit import *; c = FakeClock(0); b = TokenBucket.for_limit(ENDPOINT_LIMITS['search_recent'], c); [b.acquire() for _ in range(3)]; print(c.sleeps)"
 """
 from __future__ import annotations
 

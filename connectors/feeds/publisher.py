@@ -21,7 +21,7 @@ misbehaving producer; attributes come from `line_attributes`, which reads a line
 the job does and never raises) and a synthetic post generator for demos and load tests.
 `PUBSUB_EMULATOR_HOST` points the client at the emulator.
 
-    PUBSUB_EMULATOR_HOST=127.0.0.1:8085 python -c "from connectors.publisher import *; print(Publisher('projects/p/topics/t').publish(map(post_message, synthetic_posts(10))))"
+    PUBSUB_EMULATOR_HOST=127.0.0.1:8085 python -c "from connectors.feeds.publisher import *; print(Publisher('projects/p/topics/t').publish(map(post_message, synthetic_posts(10))))"
 """
 from __future__ import annotations
 
@@ -34,9 +34,9 @@ import threading
 from concurrent import futures as cf
 from typing import Iterable, Iterator, NamedTuple
 
-from connectors.rate_limit import Clock, SystemClock
+from connectors.feeds.rate_limit import Clock, SystemClock
 
-# As loose as connectors/pubsub.py's (which imports Beam, too slow for a CLI's start):
+# As loose as connectors/sources/pubsub.py's (which imports Beam, too slow for a CLI's start):
 # Pub/Sub itself says what is wrong with a name it rejects.
 TOPIC_RE = re.compile(r"^projects/([^/\s]+)/topics/([^/\s]+)$")
 ATTRIBUTES = ("post_id", "event_time", "keyword", "lang", "post_key")

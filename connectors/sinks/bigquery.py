@@ -1,6 +1,6 @@
 """BigQuery output: the job's five contract tables written with Beam's `WriteToBigQuery`.
 
-`WriteBigQueryTables(dataset, method)` is applied, like connectors/parquet's
+`WriteBigQueryTables(dataset, method)` is applied, like connectors/sinks/parquet's
 `WriteParquetTables`, to a dict `{table name: PCollection of contract rows}`. Each table
 gets its explicit schema from models/contracts.py, DAY partitioning on its event-time
 column (`PARTITION_COLUMN`) and clustering by `keyword` where the table has one.
@@ -19,15 +19,15 @@ under --temp_location, which must be gs://). Storage Write creates tables withou
 partitioning, so create them first with `ensure_tables` (below, or `make bq-tables`).
 
 The sink writes `JOB_TABLES` only. `ensure_tables` creates every table of `TABLES`: the
-job's five, `labels` (the review desk writes it with streaming inserts, connectors/labels.py)
-and `job_metrics` (the launcher's counter snapshots, connectors/job_metrics.py), so that the
-views of sql/views.sql, which read all of them, exist on BigQuery as on DuckDB.
+job's five, `labels` (the review desk writes it with streaming inserts, connectors/sinks/labels.py)
+and `job_metrics` (the launcher's counter snapshots, connectors/sinks/job_metrics.py), so that the
+views of connectors/query/views.sql, which read all of them, exist on BigQuery as on DuckDB.
 
 An emulator: pass `endpoint="http://127.0.0.1:9050"` (or set BIGQUERY_EMULATOR_HOST),
 and every client used here (Beam's apitools client for tables, google-cloud-bigquery for
 inserts and queries) talks to it with anonymous credentials.
 
-    .venv/bin/python -m connectors.bigquery create --dataset my-proj:pulse   # tables + views
+    .venv/bin/python -m connectors.sinks.bigquery create --dataset my-proj:pulse   # tables + views
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.timestamp import Timestamp
 
-from connectors import sqlfiles
+from connectors.query import sqlfiles
 from models.contracts import JOB_TABLES, PARTITION_COLUMN, TABLES
 
 METHODS = ("STORAGE_WRITE_API", "STREAMING_INSERTS", "FILE_LOADS")
@@ -254,7 +254,7 @@ class EmulatorClient:
 def ensure_tables(dataset: str, project: str | None = None, endpoint: str | None = None,
                   location: str | None = None, views: bool = True) -> list[str]:
     """Create the dataset, every table of TABLES (schema, partitioning, clustering) and the
-    views of sql/views.sql where missing -> the table ids. Run before the job, not inside it."""
+    views of connectors/query/views.sql where missing -> the table ids. Run before the job, not inside it."""
     from google.cloud import bigquery
 
     project, ds_name = split_dataset(dataset, project)
@@ -451,7 +451,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     """`create --dataset P:D [--endpoint URL] [--location L]`: tables and views before the job."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m connectors.bigquery", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m connectors.sinks.bigquery", description=main.__doc__)
     parser.add_argument("command", choices=["create"])
     parser.add_argument("--dataset", required=True, help="PROJECT:DATASET")
     parser.add_argument("--endpoint", help=f"emulator URL (default: ${EMULATOR_ENV})")

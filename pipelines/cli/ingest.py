@@ -22,7 +22,7 @@ batch in flight is acknowledged and checkpointed.
 `--stream` (where the account's access level includes the filtered stream) keeps one
 stream rule per keyword and publishes posts as they arrive; it has no checkpoint (the
 stream cannot resume), so posts written while it is down are missed: see
-connectors/x_stream.py. `--max_posts N` stops it after N published posts.
+connectors/feeds/x_stream.py. `--max_posts N` stops it after N published posts.
 
 Exit status: 0 stopped cleanly; 1 the API refused us (401/403), gave up after retries,
 or publishing failed; 2 a usage mistake (bad flag, missing token or file).
@@ -39,8 +39,8 @@ import sys
 import threading
 import traceback
 
-from pipelines.publish import EXIT_FAILED, EXIT_USAGE, OneLineParser, UsageError
-from pipelines.publish import fail as _fail
+from pipelines.cli.publish import EXIT_FAILED, EXIT_USAGE, OneLineParser, UsageError
+from pipelines.cli.publish import fail as _fail
 
 TOKEN_ENV = "X_BEARER_TOKEN"
 # An unknown flag that looks like an attempt to pass the token as a value.
@@ -146,7 +146,7 @@ def parse_args(argv: list[str]):
             # Said without echoing the value: it is the secret.
             raise UsageError(f"the bearer token is never a flag value; set {TOKEN_ENV} or pass "
                              "--bearer_token_file")
-    from connectors.publisher import check_topic
+    from connectors.feeds.publisher import check_topic
     args = parser.parse_args(argv)
     given = {arg.split("=", 1)[0] for arg in argv if arg.startswith("--")}
     if args.stream:
@@ -187,8 +187,8 @@ def parse_args(argv: list[str]):
 
 
 def fail(prog: str, message: str, code: int, *secrets: str | None) -> int:
-    """pipelines.publish.fail, with `secrets` and the registered ones masked in `message`."""
-    from connectors.x_api import SECRETS, Redactor
+    """pipelines.cli.publish.fail, with `secrets` and the registered ones masked in `message`."""
+    from connectors.feeds.x_api import SECRETS, Redactor
     redactor = Redactor()
     for secret in (*secrets, os.environ.get(TOKEN_ENV)):
         # Each part of a malformed token too; none so short that masking it would garble the message.
@@ -202,7 +202,7 @@ def fail(prog: str, message: str, code: int, *secrets: str | None) -> int:
 def guard_secret(token: str):
     """While the block runs: the token is masked in every log record (protect_secret, and
     warnings go through logging) and in the traceback of an exception that ends a thread."""
-    from connectors.x_api import protect_secret, redact
+    from connectors.feeds.x_api import protect_secret, redact
     protect_secret(token)
     previous_hook = threading.excepthook
 
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None, *, clock=None, stop: threading.Event | N
         with guard_secret(args.token):
             return _main(prog, args, clock, stop)
     except Exception:  # unexpected: the traceback, masked, and one line
-        from connectors.x_api import redact
+        from connectors.feeds.x_api import redact
         print(redact(traceback.format_exc()), file=sys.stderr, end="")
         return fail(prog, "unexpected error (the traceback above)", EXIT_FAILED, args.token)
 
@@ -261,10 +261,10 @@ def main(argv: list[str] | None = None, *, clock=None, stop: threading.Event | N
 def _main(prog: str, args, clock, stop: threading.Event | None) -> int:
     from google.auth import exceptions as auth_exc
 
-    from connectors.checkpoint import Checkpoint, CheckpointError
-    from connectors.publisher import Publisher, PublishError
-    from connectors.rate_limit import Backoff, Fatal, Stopped, SystemClock
-    from connectors.x_api import Ingester, RecentSearch, make_client, search_limiter
+    from connectors.feeds.checkpoint import Checkpoint, CheckpointError
+    from connectors.feeds.publisher import Publisher, PublishError
+    from connectors.feeds.rate_limit import Backoff, Fatal, Stopped, SystemClock
+    from connectors.feeds.x_api import Ingester, RecentSearch, make_client, search_limiter
 
     stop = stop or threading.Event()
     clock = clock or SystemClock(stop)
@@ -302,9 +302,9 @@ def _main(prog: str, args, clock, stop: threading.Event | None) -> int:
 def _main_stream(prog: str, args, clock, stop: threading.Event) -> int:
     from google.auth import exceptions as auth_exc
 
-    from connectors.publisher import Publisher, PublishError
-    from connectors.rate_limit import Fatal
-    from connectors.x_stream import FilteredStream, make_stream_client, stream_limiters
+    from connectors.feeds.publisher import Publisher, PublishError
+    from connectors.feeds.rate_limit import Fatal
+    from connectors.feeds.x_stream import FilteredStream, make_stream_client, stream_limiters
 
     try:
         # Each post is acknowledged before the next is read: keep the batching delay short.

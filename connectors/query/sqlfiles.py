@@ -1,4 +1,4 @@
-"""Load the shared SQL in `sql/` for one dialect, with its parameters.
+"""Load the shared SQL in `connectors/query/` for one dialect, with its parameters.
 
 The SQL is BigQuery standard SQL. One dialect switch, `render(text, dialect, dataset)`,
 makes it run on DuckDB as well; it changes exactly two things:
@@ -8,10 +8,10 @@ makes it run on DuckDB as well; it changes exactly two things:
 * `@name` query parameters become `$name` on DuckDB.
 
 BigQuery functions DuckDB lacks (SAFE_DIVIDE, DIV, UNIX_SECONDS, TIMESTAMP_SECONDS,
-GENERATE_ARRAY) are defined as DuckDB macros in `sql/duckdb_compat.sql`, so the query text
+GENERATE_ARRAY) are defined as DuckDB macros in `connectors/query/duckdb_compat.sql`, so the query text
 needs no other change.
 
-The views (sql/views.sql) also depend on settings of the job that wrote the tables: the
+The views (connectors/query/views.sql) also depend on settings of the job that wrote the tables: the
 window size and period and the review threshold (`sentiment_windows_final` recomputes each
 window from `scored_posts`). They appear as `${window_seconds}`, `${window_period_seconds}`
 and `${review_threshold}` and are filled in, for both dialects, from `ViewSettings` (the
@@ -20,7 +20,7 @@ job's defaults unless told otherwise) when the views are created.
 A query file starts with `--` comment lines: a description, then one line per parameter,
 `-- @param NAME TYPE [= DEFAULT] [: help]` (TYPE a BigQuery type; DEFAULT NULL means optional).
 
-    .venv/bin/python -m connectors.sqlfiles keyword_summary --dialect bigquery --dataset my-proj:pulse
+    .venv/bin/python -m connectors.query.sqlfiles keyword_summary --dialect bigquery --dataset my-proj:pulse
 """
 from __future__ import annotations
 
@@ -124,13 +124,13 @@ class ViewSettings:
 
 
 def sql_root():
-    """The installed `sql/` folder (a Traversable)."""
-    return importlib.resources.files("sql")
+    """The installed `connectors/query/` folder (a Traversable)."""
+    return importlib.resources.files("connectors.query")
 
 
 def render(text: str, dialect: str, dataset: str | None = None,
            variables: Mapping[str, str] | None = None) -> str:
-    """The one dialect switch: BigQuery SQL from `sql/` -> SQL for `dialect`.
+    """The one dialect switch: BigQuery SQL from `connectors/query/` -> SQL for `dialect`.
 
     `dataset` is `project:dataset`, `project.dataset` or `dataset` (BigQuery only; the
     job's default project is used when the project is left out). `variables` fill in the
@@ -185,7 +185,7 @@ def query_names() -> list[str]:
 
 
 def load_query(name: str) -> Query:
-    """`sql/queries/<name>.sql` -> Query; SqlError listing the known names if there is none."""
+    """`connectors/query/queries/<name>.sql` -> Query; SqlError listing the known names if there is none."""
     path = sql_root().joinpath("queries", f"{name}.sql")
     if not re.fullmatch(r"\w+", name) or not path.is_file():
         raise SqlError(f"no query named {name!r}; known queries: {', '.join(query_names())}")
@@ -194,7 +194,7 @@ def load_query(name: str) -> Query:
 
 def statements(filename: str, dialect: str, dataset: str | None = None,
                variables: Mapping[str, str] | None = None) -> list[str]:
-    """The `;`-separated statements of `sql/<filename>` rendered for `dialect` (whole-line
+    """The `;`-separated statements of `connectors/query/<filename>` rendered for `dialect` (whole-line
     `--` comments dropped first, so they may contain `;`)."""
     source = sql_root().joinpath(filename).read_text(encoding="utf-8")
     code = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith("--"))
@@ -203,7 +203,7 @@ def statements(filename: str, dialect: str, dataset: str | None = None,
 
 def view_statements(dialect: str, dataset: str | None = None,
                     settings: ViewSettings | None = None) -> list[str]:
-    """`CREATE OR REPLACE VIEW` statements of sql/views.sql for `dialect`, for a job run
+    """`CREATE OR REPLACE VIEW` statements of connectors/query/views.sql for `dialect`, for a job run
     with `settings` (default: the job's defaults)."""
     return statements("views.sql", dialect, dataset, (settings or ViewSettings()).variables())
 

@@ -6,7 +6,7 @@ data are the line's bytes exactly as they are, without the line's terminator ("\
 deep nesting), so the job's dead-letter path gets exercised. Empty lines are skipped and
 counted (Pub/Sub refuses an empty message); a line of spaces is sent. The Post attributes
 (post_id, event_time, keyword, lang, post_key) are added where the line is a JSON object
-they can be read from safely (connectors/publisher.py says when). A line Pub/Sub cannot
+they can be read from safely (connectors/feeds/publisher.py says when). A line Pub/Sub cannot
 take (over its 10 MB limit) is reported by its line number; the others are still sent.
 Synthetic posts carry `created_at` = the moment each is published.
 
@@ -103,7 +103,7 @@ def build_parser() -> OneLineParser:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    from connectors.publisher import check_topic
+    from connectors.feeds.publisher import check_topic
     args = build_parser().parse_args(argv)
     try:
         check_topic(args.topic)
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     from google.api_core import exceptions as gexc
     from google.auth import exceptions as auth_exc
 
-    from connectors.publisher import (Publisher, PublishError, count_lines, file_lines, line_message,
+    from connectors.feeds.publisher import (Publisher, PublishError, count_lines, file_lines, line_message,
                                       post_message, synthetic_posts)
 
     try:

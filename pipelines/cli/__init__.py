@@ -10,6 +10,10 @@
     pulse publish  --topic projects/P/topics/T --file posts.jsonl --rate 100
     pulse retrain  --output DIR|PROJECT:DATASET --registry DIR|gs://...   challenger vs current model
     pulse registry init|list|promote VERSION --registry DIR|gs://...     the model registry
+
+The package holds the commands: this dispatcher (`pulse = pipelines.cli:main`), `ingest`,
+`publish` and `sql`. A command may import the job graph (pipelines.*), connectors, transforms
+and models; nothing but another command imports it.
 """
 from __future__ import annotations
 
@@ -19,20 +23,20 @@ import sys
 
 COMMANDS = {
     "run": ("pipelines.sentiment_pipeline", "main", "run the streaming job"),
-    "sql": ("pipelines.sql_cli", "sql_main", "run SQL over an output directory (DuckDB)"),
-    "summary": ("pipelines.sql_cli", "summary_main", "print a per-keyword summary of an output directory"),
+    "sql": ("pipelines.cli.sql", "sql_main", "run SQL over an output directory (DuckDB)"),
+    "summary": ("pipelines.cli.sql", "summary_main", "print a per-keyword summary of an output directory"),
     "dashboard": ("dashboard.cli", "main", "serve the dashboard and review desk over an output (a web page)"),
-    "accuracy": ("connectors.accuracy_watch", "main", "the live model against the reviewers' labels; model_degraded alerts"),
-    "ingest": ("pipelines.ingest", "main", "poll the X API and publish posts to Pub/Sub"),
-    "publish": ("pipelines.publish", "main", "publish a JSON-lines file or synthetic posts to Pub/Sub"),
+    "accuracy": ("connectors.monitoring.accuracy_watch", "main", "the live model against the reviewers' labels; model_degraded alerts"),
+    "ingest": ("pipelines.cli.ingest", "main", "poll the X API and publish posts to Pub/Sub"),
+    "publish": ("pipelines.cli.publish", "main", "publish a JSON-lines file or synthetic posts to Pub/Sub"),
     "retrain": ("pipelines.cli", "retrain_main", "train a challenger on corpora + labels; promote it if better"),
     "registry": ("models.registry", "main", "the model registry: init, list, promote VERSION (roll back)"),
 }
 
 
 def retrain_main(argv: list[str]) -> int:
-    """`pulse retrain` (models/retrain.py) with the labels read by connectors/labels.py."""
-    from connectors.labels import LabelStoreError, read_latest
+    """`pulse retrain` (models/retrain.py) with the labels read by connectors/sinks/labels.py."""
+    from connectors.sinks.labels import LabelStoreError, read_latest
     from models.retrain import RetrainError, main
 
     def read_labels(output: str, project: str | None) -> list[dict]:
@@ -69,6 +73,3 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     return int(getattr(importlib.import_module(module), func)(rest) or 0)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

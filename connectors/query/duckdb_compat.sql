@@ -1,6 +1,6 @@
 -- BigQuery functions the shared SQL uses that DuckDB lacks, as DuckDB macros with BigQuery's
 -- semantics (each pinned on edge values by tests/test_sql.py). Run by
--- `connectors/duckdb_sql.connect` before any view; never sent to BigQuery.
+-- `connectors/query/duckdb_sql.connect` before any view; never sent to BigQuery.
 
 -- SAFE_DIVIDE(X, Y): X / Y as FLOAT64, NULL where BigQuery's division would fail: division by
 -- zero, or a finite quotient overflowing to infinity (DuckDB would give inf for both).

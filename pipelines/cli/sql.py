@@ -1,7 +1,7 @@
 """`pulse sql` and `pulse summary`: SQL over the job's Parquet output through DuckDB.
 
-`pulse sql` runs either SQL text or the name of a query in sql/queries/ (with
-`--param NAME=VALUE`) over the tables and views of connectors/duckdb_sql:
+`pulse sql` runs either SQL text or the name of a query in connectors/query/queries/ (with
+`--param NAME=VALUE`) over the tables and views of connectors/query/duckdb_sql:
 
     pulse sql "SELECT keyword, COUNT(*) AS posts FROM scored_posts GROUP BY 1" --output out
     pulse sql top_negative_posts --param window_start=2024-05-01T10:00:00Z \\
@@ -9,7 +9,7 @@
     pulse sql --list
     pulse summary --output out
 
-The tables are read through the views of sql/views.sql, which de-duplicate rows a rerun
+The tables are read through the views of connectors/query/views.sql, which de-duplicate rows a rerun
 (`pulse run --append`) or a retried write stored twice; `sentiment_windows_final`
 recomputes each window from `scored_posts`, so it needs the job's `--window_size`,
 `--window_period` and `--review_threshold` when the job ran with other than the defaults
@@ -18,7 +18,7 @@ recomputes each window from `scored_posts`, so it needs the job's `--window_size
 User mistakes (a missing output directory, bad SQL, a bad parameter) give one line on
 stderr and exit status 2 (usage) or 1 (the query failed); never a traceback. A Parquet file
 that cannot be read (empty, cut short, garbage pages) is left out of its table with one
-warning line on stderr per file (connectors/duckdb_sql), and the command goes on.
+warning line on stderr per file (connectors/query/duckdb_sql), and the command goes on.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from typing import Any, Sequence, TextIO
 
 import duckdb
 
-from connectors import duckdb_sql, sqlfiles
+from connectors.query import duckdb_sql, sqlfiles
 
 FORMATS = ("table", "csv", "json")
 
@@ -61,7 +61,7 @@ def _settings(args: argparse.Namespace) -> sqlfiles.ViewSettings:
 def sql_main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     parser = _Parser(prog="pulse sql", description="Run SQL over the job's output (DuckDB).")
-    parser.add_argument("query", nargs="?", help="SQL text, or the name of a query in sql/queries/")
+    parser.add_argument("query", nargs="?", help="SQL text, or the name of a query in connectors/query/queries/")
     parser.add_argument("--output", default="out", help="the job's output directory (default: out)")
     _add_job_settings(parser)
     parser.add_argument("--format", choices=FORMATS, default="table")

@@ -23,7 +23,7 @@ with `SECRETS` and puts a logging filter on every handler that masks it in every
 (tweepy's DEBUG log prints request headers and response bodies); error messages built from
 API answers go through `api_detail`, which masks it too (a 403 page may echo the header).
 
-    X_BEARER_TOKEN=... python -m pipelines.ingest --keywords acme,globex --topic projects/p/topics/posts --checkpoint ck.json --once
+    X_BEARER_TOKEN=... python -m pipelines.cli.ingest --keywords acme,globex --topic projects/p/topics/posts --checkpoint ck.json --once
 """
 from __future__ import annotations
 
@@ -41,9 +41,9 @@ import requests
 import tweepy
 from requests.adapters import HTTPAdapter
 
-from connectors.checkpoint import Checkpoint
-from connectors.publisher import Publisher, post_message, rfc3339
-from connectors.rate_limit import (ENDPOINT_LIMITS, Backoff, Clock, Fatal, RateLimited,
+from connectors.feeds.checkpoint import Checkpoint
+from connectors.feeds.publisher import Publisher, post_message, rfc3339
+from connectors.feeds.rate_limit import (ENDPOINT_LIMITS, Backoff, Clock, Fatal, RateLimited,
                                    RateLimiter, SystemClock, Transient, call_with_retries)
 
 log = logging.getLogger(__name__)
@@ -260,8 +260,8 @@ REDACTION = RedactSecrets()
 # logger's filters apply to the records logged on it, whatever handler gets them later).
 LIBRARY_LOGGERS = ("", "tweepy", "tweepy.client", "tweepy.streaming", "tweepy.asynchronous.client",
                    "urllib3", "urllib3.connectionpool", "urllib3.connection", "urllib3.response",
-                   "urllib3.util.retry", "requests", "connectors.x_api", "connectors.x_stream",
-                   "connectors.rate_limit", "pipelines.ingest")
+                   "urllib3.util.retry", "requests", "connectors.feeds.x_api", "connectors.feeds.x_stream",
+                   "connectors.feeds.rate_limit", "pipelines.cli.ingest")
 
 
 def protect_secret(secret: str) -> RedactSecrets:

@@ -66,10 +66,10 @@ from urllib.parse import urlsplit
 import requests
 import tweepy
 
-from connectors.publisher import Publisher, PublishError, post_message
-from connectors.rate_limit import (ENDPOINT_LIMITS, Backoff, Clock, Fatal, GaveUp, RateLimited,
+from connectors.feeds.publisher import Publisher, PublishError, post_message
+from connectors.feeds.rate_limit import (ENDPOINT_LIMITS, Backoff, Clock, Fatal, GaveUp, RateLimited,
                                    RateLimiter, Stopped, SystemClock, Transient, call_with_retries)
-from connectors.x_api import (TWEET_FIELDS, X_API_HOST, BaseUrlAdapter, api_detail, protect_secret,
+from connectors.feeds.x_api import (TWEET_FIELDS, X_API_HOST, BaseUrlAdapter, api_detail, protect_secret,
                               translate_error, tweet_to_post)
 
 log = logging.getLogger(__name__)

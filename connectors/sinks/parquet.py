@@ -16,7 +16,7 @@ The folder is the day of the window (event time); rows in the global window are 
 their own event-time column (`EVENT_TIME`), and dead letters, which have none, go to
 `undated/`. A folder another writer creates at the same moment is fine. What a rerun into
 the same directory adds (`pulse run --append`; `check_output` refuses it otherwise) the
-SQL views de-duplicate by the same identities (sql/views.sql). The Arrow schema comes from
+SQL views de-duplicate by the same identities (connectors/query/views.sql). The Arrow schema comes from
 models/contracts.py, so an empty table and a full one have the same columns.
 """
 from __future__ import annotations
@@ -65,7 +65,7 @@ def to_table(rows: list[dict], fields: tuple[Field, ...]) -> pa.Table:
 
 
 # What makes two rows the same row: a retried bundle or a rerun writes a row again with new
-# clock stamps but the same identity. sql/views.sql de-duplicates by the same columns.
+# clock stamps but the same identity. connectors/query/views.sql de-duplicates by the same columns.
 ROW_IDENTITY = {
     "scored_posts": ("post_id", "keyword"),
     "review_queue": ("post_id", "keyword"),

@@ -10,13 +10,13 @@ counters and in no table the job writes. The launcher, which holds the running j
     write_snapshot("out", run_id, started, counters, "RUNNING", "data/sample.jsonl")
 
 Table `job_metrics` (models/contracts.JOB_METRICS): one row per snapshot, read through the view
-`job_balance` (sql/views.sql), which keeps each run's latest snapshot and says whether it
+`job_balance` (connectors/query/views.sql), which keeps each run's latest snapshot and says whether it
 balances. Counter names: `read`, `scored`, `duplicates`, `dead_letter_<stage>` (summed into
 dead_letters), `rows_written_scored_posts` / `rows_written_dead_letters` (the Parquet writer's
 stored rows; absent for BigQuery, so NULL).
 
 Parquet: `<output>/job_metrics/<run_id>.parquet`, ONE file per run, replaced by each snapshot
-through a hidden temporary file renamed over it (connectors/parquet.write_atomically:
+through a hidden temporary file renamed over it (connectors/sinks/parquet.write_atomically:
 os.rename locally), so a reader sees the previous snapshot or the next, never half a file.
 BigQuery: streaming inserts cannot replace a row, so each snapshot is a new row
 (`write_snapshot_bigquery`, insertId run_id + updated_at) and `job_balance` keeps the latest;
@@ -88,7 +88,7 @@ def write_snapshot(output_dir: str, run_id: str, started_at: Any, counters: Mapp
     Atomic: a reader sees the previous snapshot or this one. Local paths and any Beam
     FileSystems URI (gs://) work; the directory is created if needed.
     """
-    from connectors.parquet import to_table, write_atomically
+    from connectors.sinks.parquet import to_table, write_atomically
 
     row = snapshot_row(run_id, started_at, counters, state, input, updated_at)
     path = snapshot_path(output_dir, run_id)
@@ -101,7 +101,7 @@ def write_snapshot_bigquery(dataset: str, run_id: str, started_at: Any, counters
                             project: str | None = None, endpoint: str | None = None) -> dict:
     """Append the snapshot to `PROJECT:DATASET`'s job_metrics table (job_balance keeps the
     latest per run) -> the row. RuntimeError, one line, when BigQuery refuses it."""
-    from connectors.bigquery import bigquery_client, split_dataset, to_bq_row
+    from connectors.sinks.bigquery import bigquery_client, split_dataset, to_bq_row
 
     row = snapshot_row(run_id, started_at, counters, state, input, updated_at)
     ds_project, ds_name = split_dataset(dataset, project)

@@ -8,7 +8,7 @@
 
 The table `labels` (models/contracts.LABELS_TABLE) is append-only: one row per label, a
 correction is a new row whose `corrects` names the label it replaces, and the views
-(sql/views.sql) read it through `labels_latest` (per post, keyword and reviewer, the latest
+(connectors/query/views.sql) read it through `labels_latest` (per post, keyword and reviewer, the latest
 `labelled_at`) and `label_agreement`.
 
 Ids decide what can be written twice. A first label's `label_id` is a digest of (post_id,
@@ -258,7 +258,7 @@ class ParquetLabelStore(LabelStore):
     def rows(self) -> list[dict]:
         """Every label row, each file read once per process (the new ones together, in one
         pyarrow dataset scan); unreadable files are left out and listed in `skipped`."""
-        from connectors import duckdb_sql
+        from connectors.query import duckdb_sql
 
         if not os.path.isdir(self.output_dir):
             raise LabelStoreError(f"no output directory {self.output_dir!r}: run the job first")
@@ -282,8 +282,8 @@ class ParquetLabelStore(LabelStore):
     def _read_new(self, new: list[tuple[str, os.stat_result]], skipped: list) -> list[dict]:
         import pyarrow.dataset as ds
 
-        from connectors import duckdb_sql
-        from connectors.parquet import arrow_schema
+        from connectors.query import duckdb_sql
+        from connectors.sinks.parquet import arrow_schema
 
         schema = arrow_schema(LABELS_TABLE)
         try:
@@ -349,7 +349,7 @@ class ParquetLabelStore(LabelStore):
         """Put `row` in its file if no file of that name exists -> True, else False (atomic)."""
         import pyarrow.parquet as pq
 
-        from connectors.parquet import to_table
+        from connectors.sinks.parquet import to_table
 
         os.makedirs(self.root, exist_ok=True)
         target = self.path(row["label_id"])
@@ -386,15 +386,15 @@ def _fsync(path: str) -> None:
 
 class BigQueryLabelStore(LabelStore):
     """Labels in the `labels` table of a BigQuery dataset ("PROJECT:DATASET"), created with the
-    other tables by `python -m connectors.bigquery create --dataset PROJECT:DATASET`.
+    other tables by `python -m connectors.sinks.bigquery create --dataset PROJECT:DATASET`.
 
-    `client`: a google-cloud-bigquery Client (default: connectors.bigquery.bigquery_client for
+    `client`: a google-cloud-bigquery Client (default: connectors.sinks.bigquery.bigquery_client for
     the dataset's project, an emulator where `endpoint` or BIGQUERY_EMULATOR_HOST says so).
     Errors from BigQuery (no such dataset or table, no permission) are LabelStoreError, one line.
     """
 
     def __init__(self, dataset: str, client=None, *, project: str | None = None, endpoint: str | None = None):
-        from connectors.bigquery import bigquery_client, split_dataset
+        from connectors.sinks.bigquery import bigquery_client, split_dataset
 
         ds_project, ds_name = split_dataset(dataset, project)
         self.dataset = dataset
@@ -404,7 +404,7 @@ class BigQueryLabelStore(LabelStore):
         self.table_id = f"{self.dataset_id}.{TABLE}"
 
     def record(self, post, label, reviewer, *, correcting=None) -> LabelResult:
-        from connectors.bigquery import to_bq_row
+        from connectors.sinks.bigquery import to_bq_row
 
         row = label_row(post, label, reviewer)  # validates before any request
         held = self._rows_of(row["post_id"], row["keyword"], row["reviewer"])
@@ -458,11 +458,11 @@ class BigQueryLabelStore(LabelStore):
                 self.client.get_dataset(self.dataset_id)
             except gexc.NotFound:
                 return LabelStoreError(f"BigQuery dataset {self.dataset} does not exist: create it with "
-                                       f"python -m connectors.bigquery create --dataset {self.dataset}")
+                                       f"python -m connectors.sinks.bigquery create --dataset {self.dataset}")
             except Exception:  # noqa: BLE001  (the first error is the one to report)
                 pass
             return LabelStoreError(f"BigQuery dataset {self.dataset} has no labels table: create it with "
-                                   f"python -m connectors.bigquery create --dataset {self.dataset}")
+                                   f"python -m connectors.sinks.bigquery create --dataset {self.dataset}")
         message = getattr(error, "message", None) or str(error)
         lines = [line.strip() for line in str(message).splitlines() if line.strip()]
         return LabelStoreError(f"BigQuery {self.dataset}: {lines[0] if lines else type(error).__name__}")
@@ -478,12 +478,12 @@ def read_latest(output: str, project: str | None = None, endpoint: str | None = 
     import re
 
     if "/" not in output and not os.path.isdir(output) and re.match(r"^[\w-]+[:.][\w]+$", output):
-        from connectors import sqlfiles
+        from connectors.query import sqlfiles
 
         store = BigQueryLabelStore(output, project=project, endpoint=endpoint)
         sql = sqlfiles.render("SELECT * FROM ${dataset}.labels_latest", "bigquery", store.dataset_id)
         return store._query(sql)
-    from connectors import duckdb_sql
+    from connectors.query import duckdb_sql
 
     if not os.path.isdir(output):
         raise LabelStoreError(f"no output directory {output!r}: run the job first (pulse run --output DIR)")

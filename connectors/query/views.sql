@@ -1,13 +1,13 @@
--- Derived views over the tables of models/contracts.TABLES, created by `connectors/duckdb_sql.connect` locally and
--- by `connectors/bigquery.ensure_tables` in BigQuery. One statement per view, `;`-terminated.
+-- Derived views over the tables of models/contracts.TABLES, created by `connectors/query/duckdb_sql.connect` locally and
+-- by `connectors/sinks/bigquery.ensure_tables` in BigQuery. One statement per view, `;`-terminated.
 -- `${window_seconds}`, `${window_period_seconds}` and `${review_threshold}` are the settings of
--- the job that wrote the tables (connectors/sqlfiles.ViewSettings; defaults 60, 60, 0.5).
+-- the job that wrote the tables (connectors/query/sqlfiles.ViewSettings; defaults 60, 60, 0.5).
 --
 -- The tables may hold a row more than once: a retried bundle, or a second run into the same
 -- output (`pulse run --append`), writes its rows again with new clock stamps (processed_at,
 -- emitted_at, received_at). The *_unique views keep one row per identity, and every query in
--- sql/queries/ reads through them, so a rerun never doubles a figure. The identities are the
--- ones connectors/parquet.py names its files by.
+-- connectors/query/queries/ reads through them, so a rerun never doubles a figure. The identities are the
+-- ones connectors/sinks/parquet.py names its files by.
 
 -- One row per scored (post_id, keyword): the latest scored.
 CREATE OR REPLACE VIEW ${dataset}.scored_posts_unique AS
@@ -70,7 +70,7 @@ QUALIFY ROW_NUMBER() OVER (
 -- count in posts and unsupported only: positive + neutral + negative = posts - unsupported, and
 -- the means, low_confidence and oov_rate are over labelled posts (COUNTIF's IFNULL: DuckDB's
 -- COUNTIF of only NULLs is NULL, BigQuery's 0). Where that is 0 the window equals its latest streaming pane
--- (sql/queries/window_consistency.sql lists the windows where it does not). Windows as Beam
+-- (connectors/query/queries/window_consistency.sql lists the windows where it does not). Windows as Beam
 -- assigns them (offset 0): a post belongs to the windows of length ${window_seconds} starting
 -- at its event time rounded down to a multiple of ${window_period_seconds}, and to the earlier
 -- ones that still cover it when windows slide.
@@ -134,7 +134,7 @@ GROUP BY GROUPING SETS (
   (start_seconds)
 );
 
--- ---- the review desk (table labels, written by connectors/labels.py) ----------------------
+-- ---- the review desk (table labels, written by connectors/sinks/labels.py) ----------------------
 --
 -- labels is append-only: a reviewer's first label of a post is written at most once, and a
 -- correction is a new row (corrects = the label_id it replaces), written later.
@@ -210,7 +210,7 @@ GROUP BY GROUPING SETS (
 )
 HAVING COUNT(*) > 0;
 
--- ---- the job's counters (table job_metrics, written by connectors/job_metrics.py) ---------
+-- ---- the job's counters (table job_metrics, written by connectors/sinks/job_metrics.py) ---------
 
 -- The latest snapshot of each run's Beam counters and its balance: every message read ends
 -- scored, as a duplicate or as a dead letter. While a run is RUNNING, messages in flight
@@ -241,7 +241,7 @@ QUALIFY ROW_NUMBER() OVER (
   ORDER BY updated_at DESC, read DESC
 ) = 1;
 
--- ---- the accuracy watch (connectors/accuracy_watch.py, `pulse accuracy`) ------------------
+-- ---- the accuracy watch (connectors/monitoring/accuracy_watch.py, `pulse accuracy`) ------------------
 
 -- One row per labelled (post_id, keyword): the human label the reviewers agree on. THE RULE
 -- (models/retrain.py resolve_labels applies the same one in Python; keep them equal): each

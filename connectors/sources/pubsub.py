@@ -14,7 +14,7 @@ the read uses publish time and ParsePosts assigns the same event time per messag
 dead-lettering a bad one instead. Set PUBSUB_EMULATOR_HOST to use the emulator.
 
 On Beam's Python BundleBasedDirectRunner (what `pulse run` uses locally) ReadPosts reads
-through connectors/pubsub_direct.py instead of Beam's evaluator: bundles of up to 500
+through connectors/sources/pubsub_direct.py instead of Beam's evaluator: bundles of up to 500
 messages, acknowledgements only after the pipeline wrote the messages, broker outages
 logged and retried, and a stop that drains (`ReadPosts.reader()` is its handle).
 
@@ -101,7 +101,7 @@ def to_raw_message(message: PubsubMessage) -> RawMessage:
 class ReadPosts(beam.PTransform):
     """A Pub/Sub subscription or topic -> RawMessage.
 
-    On the BundleBasedDirectRunner: connectors/pubsub_direct.DirectPubSubRead (up to
+    On the BundleBasedDirectRunner: connectors/sources/pubsub_direct.DirectPubSubRead (up to
     `max_messages` per bundle); `reader()` then returns its Reader (stop, acknowledge, report).
     """
 
@@ -123,12 +123,12 @@ class ReadPosts(beam.PTransform):
         """The running read's Reader on the DirectRunner, else None."""
         if not self.direct:
             return None
-        from connectors import pubsub_direct
+        from connectors.sources import pubsub_direct
         return pubsub_direct.reader(self.reader_id)
 
     def expand(self, pbegin):
         if not self.on_dataflow and _is_python_direct_runner(pbegin.pipeline.runner):
-            from connectors.pubsub_direct import DirectPubSubRead
+            from connectors.sources.pubsub_direct import DirectPubSubRead
             self.direct = True
             return pbegin | "PullFromPubSub" >> DirectPubSubRead(self.path, self.reader_id, self.max_messages)
         kind = "topic" if TOPIC.match(self.path) else "subscription"

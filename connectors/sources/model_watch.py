@@ -13,11 +13,11 @@ BundleBasedDirectRunner it cannot run: its `MatchContinuously` polls through spl
 (`Watch`, or `PeriodicImpulse` without deduplication), and that runner rejects their expansion
 at submission ("Transform node ...ProcessKeyedElements/GroupByKey/GroupByKey, _GroupByKeyOnly)
 was not replaced as expected"). There `DirectRegistryWatch`, a root primitive with its own
-evaluator (registered the way connectors/pubsub_direct.py registers its read), does the same:
+evaluator (registered the way connectors/sources/pubsub_direct.py registers its read), does the same:
 every `interval_s` it matches the pattern through Beam's FileSystems and emits the newest
 pointer when it changes; its watermark follows the wall clock, and `stop_watches()` (called by
 `pulse run` when it drains) ends it, so a drained job still finishes.
-pipelines/direct_runner_side_inputs.py makes the side input usable on that runner.
+pipelines/direct_runner/side_inputs.py makes the side input usable on that runner.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ Why not Beam's ReadFromPubSub here: on this runner Beam reads with its own evalu
 (`_PubSubReadEvaluator`), which acknowledges every message as soon as it is pulled,
 hands at most 10 messages per bundle, cannot be stopped (`cancel()` drops what is in
 flight and never fires the last pane of open windows) and lets the client's retries
-give up on a dead broker. Dataflow and Flink keep ReadFromPubSub (see connectors/pubsub.py).
+give up on a dead broker. Dataflow and Flink keep ReadFromPubSub (see connectors/sources/pubsub.py).
 
 How it works. `DirectPubSubRead` is a root primitive with its own evaluator, registered
 with the runner the way Beam registers its test evaluators. Each call of the evaluator:

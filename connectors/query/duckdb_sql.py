@@ -3,7 +3,7 @@
 `connect(output_dir)` opens an in-memory DuckDB (TimeZone UTC) with one view per table
 in models/contracts.TABLES over `<output_dir>/<table>/**/*.parquet`, typed from the
 contracts (an empty view of the right type when a table has no files yet), then the
-derived views of sql/views.sql (`scored_posts_unique`, `sentiment_windows_latest`,
+derived views of connectors/query/views.sql (`scored_posts_unique`, `sentiment_windows_latest`,
 `sentiment_windows_final`, ...) for the job's settings (`sqlfiles.ViewSettings`: window
 size and period, review threshold). The file list is taken when connecting (leaving out
 Beam's staging files); connect again to see newer files.
@@ -21,11 +21,11 @@ query functions then remember the file as unreadable (`note_unreadable`), reconn
 and run the query again. Garbage in an uncompressed numeric page that still decodes cannot be
 told from data (Parquet page checksums are optional and the writers here do not write them).
 
-The tables besides the job's five: `labels` (the review desk, connectors/labels.py) and
-`job_metrics` (the launcher's counter snapshots, connectors/job_metrics.py), with the views
-`labels_latest`, `label_agreement` and `job_balance` (sql/views.sql).
+The tables besides the job's five: `labels` (the review desk, connectors/sinks/labels.py) and
+`job_metrics` (the launcher's counter snapshots, connectors/sinks/job_metrics.py), with the views
+`labels_latest`, `label_agreement` and `job_balance` (connectors/query/views.sql).
 
-    .venv/bin/python -m connectors.duckdb_sql out "SELECT keyword, COUNT(*) FROM scored_posts GROUP BY 1"
+    .venv/bin/python -m connectors.query.duckdb_sql out "SELECT keyword, COUNT(*) FROM scored_posts GROUP BY 1"
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence, TypeVar
 
 import duckdb
 
-from connectors import sqlfiles
+from connectors.query import sqlfiles
 from models.contracts import TABLES, Field
 
 DUCKDB_TYPES = {
@@ -312,14 +312,14 @@ def query(output_dir: str, sql: str, params: Mapping[str, Any] | Sequence[Any] |
 def run_query_with_warnings(output_dir: str, name: str, params: Mapping[str, Any] | None = None,
                             settings: sqlfiles.ViewSettings | None = None
                             ) -> tuple[list[str], list[tuple], list[SkippedFile]]:
-    """Run a named query of sql/queries/ with parameter values -> (columns, rows, files left out)."""
+    """Run a named query of connectors/query/queries/ with parameter values -> (columns, rows, files left out)."""
     q = sqlfiles.load_query(name)
     return query_with_warnings(output_dir, q.render("duckdb"), q.bind(params), settings)
 
 
 def run_query(output_dir: str, name: str, params: Mapping[str, Any] | None = None,
               settings: sqlfiles.ViewSettings | None = None) -> tuple[list[str], list[tuple]]:
-    """Run a named query of sql/queries/ with parameter values -> (columns, rows); one
+    """Run a named query of connectors/query/queries/ with parameter values -> (columns, rows); one
     UnreadableFileWarning per file left out."""
     columns, rows, skipped = run_query_with_warnings(output_dir, name, params, settings)
     _warn(skipped)
