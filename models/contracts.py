@@ -2,12 +2,12 @@
 
 Both `transforms/` (which builds rows) and `connectors/` (which writes them to Parquet
 or BigQuery) need the table shapes, and neither may import the other, so the shapes
-live here beside the model contract (see ../shared/DESIGN.md, "Data contracts").
+live here beside the model contract (see docs/DESIGN.md, "Tables").
 
 Each table is a tuple of `Field(name, type, mode)`; `type` is a BigQuery standard SQL
 type name, from which the Parquet (pyarrow) schema is derived in `connectors/`.
 `TABLES` holds every table a reader sees; the streaming job writes `JOB_TABLES` (the five of
-DESIGN.md) and nothing else. `labels` is written by the review desk (connectors/sinks/labels.py:
+docs/DESIGN.md) and nothing else. `labels` is written by the review desk (connectors/sinks/labels.py:
 append-only, one row per label, a correction is a new row naming the label it corrects) and
 `job_metrics` by the launcher (connectors/sinks/job_metrics.py: the job's Beam counters, one
 snapshot per run, for the balance read = scored + duplicates + dead letters).
