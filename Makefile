@@ -46,7 +46,7 @@ train: $(DATA)/.stamp
 	$(PY) -m models.train --data $(DATA) --out models/bundled
 
 # A challenger trained on the corpora plus the review desk's labels of OUT, promoted in the
-# model registry REGISTRY (a directory or gs://...) only when measurably better (README, Retraining).
+# model registry REGISTRY (a directory or gs://...) only when measurably better (docs/models.md, Retraining).
 retrain: $(DATA)/.stamp
 	$(VENV)/bin/pulse retrain --output $(OUT) --registry $(REGISTRY) --data $(DATA)
 

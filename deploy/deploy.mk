@@ -171,7 +171,7 @@ flink-job-server:
 	  --flink-master=$(FLINK_MASTER) --job-port=$(lastword $(subst :, ,$(JOB_ENDPOINT)))$(FLINK_JOB_SERVER_FLAGS)
 
 # Submit through the portable runner to the job server at JOB_ENDPOINT. Input: a JSON-lines
-# file replayed as a bounded stream (Python's Pub/Sub IO does not run on Flink; README).
+# file replayed as a bounded stream (Python's Pub/Sub IO does not run on Flink; deploy/README.md).
 # FLINK_INPUT and FLINK_OUTPUT must be paths every task manager can read/write (gs://, or a
 # shared mount). The workers get the project from FLINK_IMAGE (DOCKER) or the worker pool
 # (EXTERNAL); LOOPBACK runs them in this process.
