@@ -14,7 +14,9 @@ with the runner the way Beam registers its test evaluators. Each call of the eva
 
 1. knows that the messages of its previous call are in the pipeline (the runner
    re-invokes a root only after committing its last output) and, when the pipeline is
-   idle and the job's `settled` check says every message read has been written
+   idle (no bundle pending below the roots: a root's own next call, such as the model
+   registry watch's heartbeat, never counts) and the job's `settled` check says every
+   message read has been written
    (pipelines/ passes its accounting: read = scored + duplicates + dead letters, all of
    them stored), acknowledges them: only written messages are ever acknowledged;
 2. pulls up to `max_messages` (500) with synchronous pulls, and emits them as one bundle
@@ -427,11 +429,19 @@ class Reader:
 
 
 def _settled(evaluation_context, me, settled) -> tuple[bool, str]:
-    """Is the pipeline idle (no bundle waiting anywhere but this source) and, per the job, all written?"""
+    """Is the pipeline idle (no bundle waiting anywhere but at a root) and, per the job, all written?
+
+    A root's pending bundle is only ever its own next call: this read's heartbeat, a model
+    registry watch's, an Impulse's. It carries no message, and a periodic root (the watch) always
+    has one waiting, so waiting for roots would hold every acknowledgement for as long as the job
+    runs. Messages are in flight only in the bundles pending at the transforms below the roots.
+    """
     try:
         with evaluation_context._lock:
             for transform, tw in evaluation_context._watermark_manager._transform_to_watermarks.items():
-                if transform is not me and any(b.has_elements() for b in list(tw._pending)):
+                if transform is me or evaluation_context.is_root_transform(transform):
+                    continue
+                if any(b.has_elements() for b in list(tw._pending)):
                     return False, "bundles in flight"
             if settled is None:
                 return True, "idle"
