@@ -139,7 +139,7 @@ def run_soak(model_a: str, model_b: str, workdir: str, duration_s: float, rate: 
     """The scenario of the module docstring, on the emulator that PUBSUB_EMULATOR_HOST names."""
     import duckdb
 
-    from connectors.publisher import Publisher, post_message, rfc3339
+    from connectors.feeds.publisher import Publisher, post_message, rfc3339
     from models import registry
 
     os.makedirs(workdir, exist_ok=True)

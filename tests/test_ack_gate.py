@@ -1,6 +1,6 @@
 """The Pub/Sub reader's one promise: no message is acknowledged before the sinks wrote it.
 
-The reader (connectors/pubsub_direct.py) acknowledges at the start of each of its calls, when
+The reader (connectors/sources/pubsub_direct.py) acknowledges at the start of each of its calls, when
 no bundle is waiting below the roots and the job says everything read was written. These tests
 hold the sink shut on the real runner and the real emulator, so a gate that acknowledges early
 is caught every time, not by chance:
@@ -30,9 +30,9 @@ from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 
-from connectors import model_watch, pubsub_direct
-from connectors.publisher import Message, Publisher
-from pipelines.sentiment_pipeline import install_direct_runner_fixes
+from connectors.sources import model_watch, pubsub_direct
+from connectors.feeds.publisher import Message, Publisher
+from pipelines.direct_runner import install_direct_runner_fixes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

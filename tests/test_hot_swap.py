@@ -26,14 +26,15 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.transforms import trigger, window
 
-from connectors.model_watch import LatestPointer
-from connectors.parquet import WriteParquetTables
-from connectors.publisher import Publisher, post_message, rfc3339
+from connectors.sources.model_watch import LatestPointer
+from connectors.sinks.parquet import WriteParquetTables
+from connectors.feeds.publisher import Publisher, post_message, rfc3339
 from models import registry
 from models.contracts import RawMessage
 from models.handlers import split_model_flag
 from models.savedmodel import ContractSavedModelHandler
 from pipelines import sentiment_pipeline
+from pipelines.direct_runner import install_direct_runner_fixes
 from pipelines.sentiment_pipeline import create_routes
 from pipelines.options import OptionsError, SentimentOptions
 from tests.fixtures.pubsub import BackgroundJob
@@ -215,7 +216,7 @@ def test_a_promotion_mid_stream_swaps_the_model_on_teststream(two_version_regist
     out = str(tmp_path / "out")
     options = PipelineOptions(["--window_size", "60", "--early_firing", "0"])
     options.view_as(beam.options.pipeline_options.StandardOptions).streaming = True
-    sentiment_pipeline.install_direct_runner_fixes()
+    install_direct_runner_fixes()
     p = beam.Pipeline(runner="BundleBasedDirectRunner", options=options)
     sentiment_pipeline.build_pipeline(p, source, WriteParquetTables(out), options.view_as(SentimentOptions),
                                       routes=routes, model_metadata=lambda: {0: source.models})
@@ -487,7 +488,7 @@ def damaged_pointers(tmp_path, tiny_bundled_model):
 
 
 def test_the_watch_picks_the_newest_pointer_by_name_and_skips_what_is_not_one(damaged_pointers):
-    from connectors import model_watch
+    from connectors.sources import model_watch
 
     root, paths, others = damaged_pointers
     assert model_watch.newest(registry.pointer_glob(root)) == paths[-1]

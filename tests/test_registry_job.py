@@ -26,7 +26,7 @@ import time
 import duckdb
 import pytest
 
-from connectors.publisher import Publisher, post_message, rfc3339
+from connectors.feeds.publisher import Publisher, post_message, rfc3339
 from models import registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

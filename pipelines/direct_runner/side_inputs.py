@@ -1,0 +1,90 @@
+"""A fix that lets Beam's Python BundleBasedDirectRunner swap models while a job runs.
+
+The running job watches the model registry (connectors/sources/model_watch.py), whose output (one
+`ModelMetadata` per pane, the newest pointer, in the global window, fired by
+`Repeatedly(AfterProcessingTime(1))`) feeds `RunInference(model_metadata_pcoll=...)` as a
+singleton side input.
+Streaming runners (Dataflow, Flink) give a triggered global-window side input the latest pane
+that has fired. Beam 2.77's Python DirectRunner does not:
+
+1. **Side inputs wait for the end of the global window.** `_SideInputsContainer` blocks a
+   main-input bundle until the side input's watermark passes the end of the side-input window
+   its window maps to. For the global window that is the end of time, so with an unbounded
+   watch every post waits forever (measured: nothing scored until the watch ended, then
+   everything scored by the last model). Worse, the view is built from every element ever
+   added, so the second promotion fails with "PCollection of size 2 ... accessed as a
+   singleton view".
+
+   `install()` changes this for the model watch's collection alone (the output of
+   connectors.sources.model_watch.LatestPointer, whose last step is labelled VIEW_LABEL): a bundle waits
+   only until the first pane has arrived, and then reads the latest element added: the newest
+   pointer. Every other side input, triggered global-window ones included (BigQuery FILE_LOADS
+   in streaming uses such views), keeps Beam's behaviour.
+
+Applied only when a job runs on the DirectRunner (pipelines/sentiment_pipeline.py).
+"""
+from __future__ import annotations
+
+import threading
+
+from apache_beam.runners.direct import evaluation_context
+from apache_beam.transforms import window
+
+from connectors.sources.model_watch import VIEW_LABEL
+
+_LOCK = threading.Lock()
+_INSTALLED = False
+
+
+def is_model_watch(side_input) -> bool:
+    """True for the model watch's side input (connectors.sources.model_watch.LatestPointer's output) alone."""
+    try:
+        label = side_input.pvalue.producer.full_label
+        windowing = side_input.pvalue.windowing
+    except Exception:  # noqa: BLE001  (nothing to judge: Beam's behaviour)
+        return False
+    return label.rsplit("/", 1)[-1] == VIEW_LABEL and isinstance(windowing.windowfn, window.GlobalWindows)
+
+
+def install() -> None:
+    global _INSTALLED
+    with _LOCK:
+        if _INSTALLED:
+            return
+        container = evaluation_context._SideInputsContainer
+        original_get = container.get_value_or_block_until_ready
+        original_update = container._update_watermarks_for_side_input_and_unblock_tasks
+
+        def get_value_or_block_until_ready(self, side_input, task, block_until):
+            if not is_model_watch(side_input):
+                return original_get(self, side_input, task, block_until)
+            with self._lock:
+                view = self._views[side_input]
+                if view.elements:
+                    del view.elements[:-1]  # the latest pane is the view; older ones are never read
+                    view.value = self._pvalue_to_value(side_input, view.elements)
+                    return view.value
+                view.blocked_tasks.append((task, block_until))
+                task.blocked = True
+                return None
+
+        def update_and_unblock(self, side_input, watermark):
+            if not is_model_watch(side_input):
+                return original_update(self, side_input, watermark)
+            with self._lock:
+                view = self._views[side_input]
+                view.watermark = watermark
+                if not view.elements and watermark.output_watermark < window.GlobalWindow().max_timestamp():
+                    return []
+                del view.elements[:-1]
+                view.value = self._pvalue_to_value(side_input, view.elements)
+                unblocked = [task for task, _ in view.blocked_tasks]
+                for task in unblocked:
+                    task.blocked = False
+                view.blocked_tasks.clear()
+                return unblocked
+
+        container.get_value_or_block_until_ready = get_value_or_block_until_ready
+        container._update_watermarks_for_side_input_and_unblock_tasks = update_and_unblock
+
+        _INSTALLED = True
