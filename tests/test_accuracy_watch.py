@@ -421,7 +421,7 @@ def test_a_perfect_model_on_one_labelled_class_is_judged_on_accuracy_and_not_fla
     """The issue's case: 60 labels, all negative, all agreeing with the model: accuracy 1.000, and no
     model_degraded alert (it was macro-F1 0.333 over three classes, z = -38.5)."""
     out = str(tmp_path)
-    version = ModelSpec.load(os.path.join(os.path.dirname(aw.__file__), "..", "models", "bundled")).version
+    version = ModelSpec.load(os.path.join(os.path.dirname(aw.__file__), "..", "..", "models", "bundled")).version
     write_labels(out, one_sided(60, version=version))
     rows, posts = aw.read(out)
     [row] = [r for r in rows if (r["model_version"], r["keyword"], r["lang"]) == (version, "*", "*")]
