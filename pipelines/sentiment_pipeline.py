@@ -122,7 +122,7 @@ def make_source(options: SentimentOptions, runner: Runner) -> beam.PTransform:
     if is_pubsub_path(options.input):
         return ReadPosts(options.input, on_dataflow=runner.is_dataflow)
     return ReplayPosts(options.input, speedup=options.speedup, tick_s=options.replay_tick,
-                       bounded=not runner.is_direct, max_future_skew_s=options.max_future_skew)
+                       bounded=not runner.plays_test_stream, max_future_skew_s=options.max_future_skew)
 
 
 def create_routes(values: Sequence[str], **kwargs):

@@ -40,6 +40,14 @@ def test_where_a_portable_runners_workers_run(flags, workers):
     assert identify(PipelineOptions(["--runner", "FlinkRunner", *flags])).workers == workers
 
 
+@pytest.mark.parametrize("spelling, plays", [
+    (None, True), ("BundleBasedDirectRunner", True), ("PrismRunner", True), ("prism", True),
+    ("FlinkRunner", False), ("PortableRunner", False), ("DataflowRunner", False), ("FnApiRunner", False)])
+def test_a_file_replays_as_a_stream_only_where_the_runner_plays_test_stream(spelling, plays):
+    argv = [] if spelling is None else ["--runner", spelling]
+    assert identify(PipelineOptions(argv)).plays_test_stream is plays
+
+
 def test_an_unknown_runner_is_one_sentence(tmp_path):
     (tmp_path / "in.jsonl").write_text("{}\n")
     with pytest.raises(OptionsError, match="--runner NoSuchRunner"):
