@@ -179,6 +179,21 @@ def load_model(options: SentimentOptions):
     return route.handler, route.spec
 
 
+def check_input_for_runner(sentiment: SentimentOptions, runner: Runner) -> None:
+    """A Pub/Sub --input on a runner that cannot read it: one sentence at submit.
+
+    Beam's Python ReadFromPubSub is a source that only Dataflow executes (and the DirectRunner,
+    through connectors/pubsub_direct); Flink, Prism and the other portable runners would accept
+    the graph and fail on the workers, or never read. The cross-language read
+    (apache_beam.io.external.gcp.pubsub) needs Beam's Java GCP expansion service jar, which the
+    machines this project builds on cannot fetch (docs/design/flink.md), so it is not offered.
+    """
+    if is_pubsub_path(sentiment.input) and not (runner.is_direct or runner.is_dataflow):
+        raise OptionsError(f"--input {sentiment.input}: {runner.name} cannot read Pub/Sub (Beam's Python Pub/Sub "
+                           "read runs on Dataflow and the DirectRunner only); run there, or replay a file "
+                           "into it with --input FILE")
+
+
 def check_paths_for_workers(sentiment: SentimentOptions, runner: Runner) -> None:
     """Paths of this machine handed to workers that run elsewhere: one sentence at submit, not a
     failure on every worker later. (A portable runner's PROCESS / EXTERNAL workers may share this
@@ -491,13 +506,14 @@ def run(argv: list[str] | None = None, model=None, stop: StopRequest | None = No
     options = PipelineOptions(argv)
     sentiment = options.view_as(SentimentOptions)
     validate_options(sentiment)
-    _check_brokers(sentiment, options)
     standard = options.view_as(StandardOptions)
     standard.streaming = True
     try:
         runner = identify(options)
     except RunnerError as e:
         raise OptionsError(str(e)) from None
+    check_input_for_runner(sentiment, runner)
+    _check_brokers(sentiment, options)
     if runner.is_direct:
         # The DirectRunner would first try Prism, which needs a download and cannot run
         # TestStream; go straight to the Python runner that supports streaming.
