@@ -65,3 +65,44 @@ def test_a_post_counts_once_per_keyword_and_its_state_is_cleared_by_its_timer():
     assert counter(result, "duplicates") == 2
     assert counter(result, "unique") == 4
     assert counter(result, "dedup_state_cleared") == 4  # every key ever held was cleared
+
+
+def test_a_pair_matches_only_itself_in_a_shared_bucket():
+    """Post 7 for `acme` is not post 7 for `acme-236`, nor post 7157 for `acme`: all three share
+    a state bucket, where each pair's bytes lie inside another's; each is kept, each duplicate not."""
+    from transforms.dedup import bucket_of
+
+    pairs = [("7", "acme-236"), ("7157", "acme"), ("7", "acme")]
+    assert len({bucket_of(f"{pid}\x1f{keyword}") for pid, keyword in pairs}) == 1
+    stream = (TestStream()
+              .add_elements([post("7", 5, keyword="acme-236"), post("7157", 5)])
+              .add_elements([post("7", 5)])
+              .add_elements([post("7", 5), post("7157", 5), post("7", 5, keyword="acme-236")])
+              .advance_watermark_to_infinity())
+    p, unique = run(stream)
+    assert_that(unique | beam.Map(lambda x: (x.post_id, x.keyword)), equal_to(pairs))
+    result = p.run()
+    result.wait_until_finish()
+    assert (counter(result, "unique"), counter(result, "duplicates")) == (3, 3)
+
+
+def test_a_timer_forgets_only_the_pairs_due_then():
+    """Two pairs in one bucket, due at different times: the first timer clears the first only,
+    so the second's redelivery (still within its horizon) stays a duplicate."""
+    from transforms.dedup import bucket_of
+
+    assert bucket_of("7\x1facme") == bucket_of("7157\x1facme")
+    early, late = forget_at(T0 + 5, 60, 120, 120), forget_at(T0 + 125, 60, 120, 120)
+    stream = (TestStream()
+              .add_elements([post("7", 5), post("7157", 125)])
+              .advance_watermark_to(early + 1)  # 7's forget time passed, 7157's not
+              .add_elements([post("7157", 125, watermark=early + 1), post("7", 5, watermark=early + 1)])
+              .advance_watermark_to(late - 1)  # one second before 7157 may be forgotten
+              .add_elements([post("7157", 125, watermark=late - 1)])
+              .advance_watermark_to_infinity())
+    p, unique = run(stream)
+    assert_that(unique | beam.Map(lambda x: (x.post_id, x.beyond_lateness)),
+                equal_to([("7", False), ("7157", False), ("7", True)]))
+    result = p.run()
+    result.wait_until_finish()
+    assert counter(result, "duplicates") == 2
