@@ -24,7 +24,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from connectors import sqlfiles
+from connectors.query import sqlfiles
 from dashboard import data
 
 PAGES = ("Overview", "Alerts", "Posts", "Health", "Accuracy", "Review")

@@ -19,7 +19,7 @@ import socket
 import sys
 from typing import Sequence
 
-from connectors import sqlfiles
+from connectors.query import sqlfiles
 from pipelines.options import output_kind
 
 APP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "app.py")

@@ -1,7 +1,7 @@
 """Lateness is judged against the source's event-time watermark, on every runner, never a wall clock.
 
 The Pub/Sub read that Dataflow (and any runner but the DirectRunner) runs stamps each message
-with its publish time and no timestamp attribute (connectors/pubsub.py); `to_raw_message`
+with its publish time and no timestamp attribute (connectors/sources/pubsub.py); `to_raw_message`
 gives the lateness gate that publish time as the bound of the source's watermark. A backlog
 read long after it was published (an outage longer than the allowed lateness) is then on time,
 as the watermark holds it: before, the gate used the worker's clock and restamped every post of
@@ -24,8 +24,9 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
-from connectors.pubsub import to_raw_message
+from connectors.sources.pubsub import to_raw_message
 from pipelines import sentiment_pipeline
+from pipelines.direct_runner import install_direct_runner_fixes
 from transforms.aggregate import WindowedSentiment
 from transforms.parse import ParsePosts
 from transforms.windowing import WindowPosts, WindowSpec
@@ -44,7 +45,7 @@ def message(pid: str, created: float, published: float, text: str = "good") -> T
 
 
 def run_backlog(stream):
-    sentiment_pipeline.install_direct_runner_fixes()
+    install_direct_runner_fixes()
     options = PipelineOptions()
     options.view_as(StandardOptions).streaming = True
     p = TestPipeline(runner="BundleBasedDirectRunner", options=options)

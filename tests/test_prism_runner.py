@@ -21,7 +21,7 @@ import random
 
 import pytest
 
-from connectors import duckdb_sql
+from connectors.query import duckdb_sql
 from pipelines import sentiment_pipeline
 from tests.test_runner_equivalence import lines_in_order
 from tests.test_worker_environment import worker_pool, worker_venv  # noqa: F401  (module fixtures)
