@@ -543,11 +543,11 @@ def run(argv: list[str] | None = None, model=None, stop: StopRequest | None = No
         reader.learn_ack_deadline()
     result = p.run()
     if not runner.is_direct and is_pubsub_path(sentiment.input):
-        # A streaming job on Dataflow or Flink runs until cancelled: submitting is the whole command.
-        # (On Dataflow, `gcloud dataflow jobs drain` is the clean stop: see README.)
+        # A streaming job on Dataflow runs until stopped: submitting is the whole command, unless
+        # --run_for says when to drain it.
         if sentiment.run_for is not None:
             result.wait_until_finish(duration=int(sentiment.run_for * 1000))
-            result.cancel()
+            drain_dataflow_job(options, result.job_id())
         return result
     if not runner.is_direct:
         result.wait_until_finish()
@@ -568,6 +568,19 @@ def run(argv: list[str] | None = None, model=None, stop: StopRequest | None = No
                                                           next((r for r in roots if r), None))
     result.pulse_end = _await(result, reader, sentiment, stop, snapshots)
     return result
+
+
+def drain_dataflow_job(options: PipelineOptions, job_id: str) -> None:
+    """Ask Dataflow to drain the job (JOB_STATE_DRAINING): it stops pulling, finishes what it read,
+    fires every open window as if the watermark had reached the end, writes, then ends; the
+    messages it did not read stay in the subscription. (Cancelling would drop what is in flight.)
+    Through Beam's Dataflow client, so `--dataflow_endpoint` and the credentials apply."""
+    from apache_beam.runners.dataflow.internal import apiclient
+
+    client = apiclient.DataflowApplicationClient(options)
+    _LOG.info("--run_for elapsed: draining Dataflow job %s", job_id)
+    if not client.modify_job_state(job_id, "JOB_STATE_DRAINING"):
+        raise RuntimeError(f"Dataflow refused to drain job {job_id}")
 
 
 def _install_stop_signals(stop: StopRequest):
