@@ -27,7 +27,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from apache_beam.runners.runner import PipelineState
 from apache_beam.transforms import window
 
-from pipelines.direct_runner import install_direct_runner_fixes
+from pipelines.direct_runner import PatchedBeamMismatch, install_direct_runner_fixes
 from pipelines.runners import Runner, RunnerError, identify
 from connectors.sources.pubsub import PublishAlerts, PubSubError, ReadPosts, check_pubsub, is_pubsub_path
 from connectors.sources.replay import ReplayPosts
@@ -631,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     undo = _install_stop_signals(stop)
     try:
         result = run(argv, stop=stop)
-    except (OptionsError, FileNotFoundError, PubSubError) as e:
+    except (OptionsError, FileNotFoundError, PubSubError, PatchedBeamMismatch) as e:
         print(f"pulse run: error: {e}", file=sys.stderr)
         return 2
     finally:

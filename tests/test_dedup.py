@@ -16,7 +16,7 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
-from pipelines.direct_runner import metrics as direct_runner_metrics
+from pipelines.direct_runner import install_direct_runner_fixes
 from transforms.dedup import Deduplicate, forget_at
 from transforms.records import Post
 from transforms.windowing import StampEventTime, WindowSpec
@@ -32,7 +32,7 @@ def post(pid, seconds, keyword="acme", watermark=-math.inf):
 
 
 def run(stream, per_pair=False):
-    direct_runner_metrics.install()
+    install_direct_runner_fixes()  # the same patched engine as `pulse run`
     options = PipelineOptions()
     options.view_as(StandardOptions).streaming = True
     p = TestPipeline(runner="BundleBasedDirectRunner", options=options)

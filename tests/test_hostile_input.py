@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 from connectors.sinks.parquet import WriteParquetTables, to_table
 from connectors.sources.replay import ReplayPosts, plan_replay, read_lines
 from models.contracts import DEAD_LETTERS, SCORED_POSTS, ModelSpec
-from pipelines.direct_runner import metrics as direct_runner_metrics
 from pipelines import sentiment_pipeline
+from pipelines.direct_runner import install_direct_runner_fixes
 from pipelines.options import SentimentOptions
 from transforms.inference import IsolateFailures, ModelFailure
 from transforms.parse import MAX_TEXT_CHARS, ParseError, parse_post
@@ -160,7 +160,7 @@ class RuleModel(ModelHandler):
 
 
 def run_job(lines: list[bytes], tmp_path, model=None) -> tuple[dict, str]:
-    direct_runner_metrics.install()
+    install_direct_runner_fixes()  # the same patched engine as `pulse run`
     path = tmp_path / "in.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
     # (A generated line may hold b"\n" or end in b"\r": the file's messages are its lines as the

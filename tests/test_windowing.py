@@ -15,7 +15,7 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
-from pipelines.direct_runner import metrics as direct_runner_metrics
+from pipelines.direct_runner import install_direct_runner_fixes
 from transforms.aggregate import WindowedSentiment
 from transforms.records import Post
 from transforms.windowing import WindowPosts, WindowSpec, is_too_late
@@ -40,7 +40,7 @@ def fake_score(p: Post) -> dict:
 
 
 def run_windows(stream, spec=WindowSpec(size_s=60, allowed_lateness_s=120, early_firing_s=None), with_scored=False):
-    direct_runner_metrics.install()
+    install_direct_runner_fixes()  # the same patched engine as `pulse run`
     options = PipelineOptions()
     options.view_as(StandardOptions).streaming = True
     p = TestPipeline(runner="BundleBasedDirectRunner", options=options)
