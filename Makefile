@@ -9,8 +9,15 @@ REGISTRY ?= registry
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONUNBUFFERED := 1
+# The Beam version, read from requirements.in (the one place it is written); deploy/deploy.mk uses it too.
+BEAM_VERSION := $(shell sed -n 's/^apache-beam\[gcp\]==//p' requirements.in)
+# Beam's Prism runner, the second engine the tests run the job on (tests/test_prism_runner.py):
+# built by `go install` from the Beam Go module of the same version, whose hash deploy/engines.sum
+# pins (Go checks it against its checksum database as well; the recipe checks it again).
+PRISM_MODULE := github.com/apache/beam/sdks/v2
+PRISM := .cache/beam/prism-$(BEAM_VERSION)/prism
 
-.PHONY: help setup data train run test bench bench-live lock clean browser dashboard retrain
+.PHONY: help setup data train run test bench bench-live lock clean browser dashboard retrain prism
 
 help:
 	@echo "make run    - set up .venv, build the sample stream, run the job, print a SQL summary"
@@ -70,8 +77,22 @@ browser:
 	else echo "note: chromium and chromedriver are missing and cannot be installed here (needs root and apt):" \
 	  "the dashboard's browser test will skip"; fi
 
-test: $(DATA)/.stamp browser
+test: $(DATA)/.stamp browser prism
 	$(VENV)/bin/pytest
+
+# The Prism runner binary (see PRISM above). Without Go the Prism tests skip, saying so.
+prism: $(PRISM)
+$(PRISM): deploy/engines.sum
+	@if ! command -v go >/dev/null; then \
+	  echo "note: Go is missing: Beam's Prism runner cannot be built and its tests will skip"; exit 0; fi; \
+	set -eo pipefail; \
+	want=$$(awk '$$1 == "$(PRISM_MODULE)" && $$2 == "v$(BEAM_VERSION)" {print $$3}' deploy/engines.sum); \
+	[ -n "$$want" ] || { echo "error: deploy/engines.sum has no hash for $(PRISM_MODULE) v$(BEAM_VERSION)"; exit 2; }; \
+	echo "==> building Beam's Prism runner v$(BEAM_VERSION) from the Go module (about a minute the first time)"; \
+	got=$$(go mod download -json $(PRISM_MODULE)@v$(BEAM_VERSION) | sed -n 's/^[[:space:]]*"Sum": "\(.*\)",$$/\1/p'); \
+	[ "$$got" = "$$want" ] || { echo "error: $(PRISM_MODULE) v$(BEAM_VERSION) hashes to $$got, deploy/engines.sum says $$want"; exit 2; }; \
+	GOBIN=$(CURDIR)/$(dir $(PRISM)) go install -trimpath $(PRISM_MODULE)/go/cmd/prism@v$(BEAM_VERSION); \
+	touch $@
 
 # The live benchmark publishes for BENCH_MINUTES per rate (10 for the soak: make bench BENCH_MINUTES=10).
 BENCH_MINUTES ?= 1

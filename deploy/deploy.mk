@@ -14,7 +14,7 @@
 # renders every target this way and parses the result as the shell would).
 
 # --- versions: read from requirements.in, the one place they are written ----------------------
-BEAM_VERSION := $(shell sed -n 's/^apache-beam\[gcp\]==//p' requirements.in)
+# (BEAM_VERSION is read in the Makefile, which includes this file.)
 TF_VERSION := $(shell sed -n 's/^tensorflow==//p' requirements.in)
 comma := ,
 

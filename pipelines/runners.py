@@ -42,6 +42,14 @@ class Runner(NamedTuple):
     def is_dataflow(self) -> bool:
         return self.family == "dataflow"
 
+    @property
+    def plays_test_stream(self) -> bool:
+        """Whether the runner itself executes TestStream, so a file replays as a stream (event
+        time, early and late panes) rather than as a bounded collection: the DirectRunner and
+        Prism (`beam:transform:teststream:v1` is a Prism primitive). Flink, Dataflow and Beam's
+        local job service do not run TestStream in a portable pipeline."""
+        return self.is_direct or self.name == "PrismRunner"
+
 
 def runner_class(spelling: str | None) -> type:
     """The runner class Beam builds for a --runner value (None: Beam's default, the DirectRunner)."""

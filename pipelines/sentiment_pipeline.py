@@ -27,7 +27,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from apache_beam.runners.runner import PipelineState
 from apache_beam.transforms import window
 
-from pipelines.direct_runner import install_direct_runner_fixes
+from pipelines.direct_runner import PatchedBeamMismatch, install_direct_runner_fixes
 from pipelines.runners import Runner, RunnerError, identify
 from connectors.sources.pubsub import PublishAlerts, PubSubError, ReadPosts, check_pubsub, is_pubsub_path
 from connectors.sources.replay import ReplayPosts
@@ -112,7 +112,7 @@ def make_source(options: SentimentOptions, runner: Runner) -> beam.PTransform:
     if is_pubsub_path(options.input):
         return ReadPosts(options.input, on_dataflow=runner.is_dataflow)
     return ReplayPosts(options.input, speedup=options.speedup, tick_s=options.replay_tick,
-                       bounded=not runner.is_direct, max_future_skew_s=options.max_future_skew)
+                       bounded=not runner.plays_test_stream, max_future_skew_s=options.max_future_skew)
 
 
 def create_routes(values: Sequence[str], **kwargs):
@@ -167,6 +167,21 @@ def load_model(options: SentimentOptions):
     """(handler, spec) of the first --model value."""
     route = load_models(options)[0]
     return route.handler, route.spec
+
+
+def check_input_for_runner(sentiment: SentimentOptions, runner: Runner) -> None:
+    """A Pub/Sub --input on a runner that cannot read it: one sentence at submit.
+
+    Beam's Python ReadFromPubSub is a source that only Dataflow executes (and the DirectRunner,
+    through connectors/pubsub_direct); Flink, Prism and the other portable runners would accept
+    the graph and fail on the workers, or never read. The cross-language read
+    (apache_beam.io.external.gcp.pubsub) needs Beam's Java GCP expansion service jar, which the
+    machines this project builds on cannot fetch (docs/design/flink.md), so it is not offered.
+    """
+    if is_pubsub_path(sentiment.input) and not (runner.is_direct or runner.is_dataflow):
+        raise OptionsError(f"--input {sentiment.input}: {runner.name} cannot read Pub/Sub (Beam's Python Pub/Sub "
+                           "read runs on Dataflow and the DirectRunner only); run there, or replay a file "
+                           "into it with --input FILE")
 
 
 def check_paths_for_workers(sentiment: SentimentOptions, runner: Runner) -> None:
@@ -481,13 +496,14 @@ def run(argv: list[str] | None = None, model=None, stop: StopRequest | None = No
     options = PipelineOptions(argv)
     sentiment = options.view_as(SentimentOptions)
     validate_options(sentiment)
-    _check_brokers(sentiment, options)
     standard = options.view_as(StandardOptions)
     standard.streaming = True
     try:
         runner = identify(options)
     except RunnerError as e:
         raise OptionsError(str(e)) from None
+    check_input_for_runner(sentiment, runner)
+    _check_brokers(sentiment, options)
     if runner.is_direct:
         # The DirectRunner would first try Prism, which needs a download and cannot run
         # TestStream; go straight to the Python runner that supports streaming.
@@ -527,11 +543,11 @@ def run(argv: list[str] | None = None, model=None, stop: StopRequest | None = No
         reader.learn_ack_deadline()
     result = p.run()
     if not runner.is_direct and is_pubsub_path(sentiment.input):
-        # A streaming job on Dataflow or Flink runs until cancelled: submitting is the whole command.
-        # (On Dataflow, `gcloud dataflow jobs drain` is the clean stop: see README.)
+        # A streaming job on Dataflow runs until stopped: submitting is the whole command, unless
+        # --run_for says when to drain it.
         if sentiment.run_for is not None:
             result.wait_until_finish(duration=int(sentiment.run_for * 1000))
-            result.cancel()
+            drain_dataflow_job(options, result.job_id())
         return result
     if not runner.is_direct:
         result.wait_until_finish()
@@ -552,6 +568,19 @@ def run(argv: list[str] | None = None, model=None, stop: StopRequest | None = No
                                                           next((r for r in roots if r), None))
     result.pulse_end = _await(result, reader, sentiment, stop, snapshots)
     return result
+
+
+def drain_dataflow_job(options: PipelineOptions, job_id: str) -> None:
+    """Ask Dataflow to drain the job (JOB_STATE_DRAINING): it stops pulling, finishes what it read,
+    fires every open window as if the watermark had reached the end, writes, then ends; the
+    messages it did not read stay in the subscription. (Cancelling would drop what is in flight.)
+    Through Beam's Dataflow client, so `--dataflow_endpoint` and the credentials apply."""
+    from apache_beam.runners.dataflow.internal import apiclient
+
+    client = apiclient.DataflowApplicationClient(options)
+    _LOG.info("--run_for elapsed: draining Dataflow job %s", job_id)
+    if not client.modify_job_state(job_id, "JOB_STATE_DRAINING"):
+        raise RuntimeError(f"Dataflow refused to drain job {job_id}")
 
 
 def _install_stop_signals(stop: StopRequest):
@@ -602,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     undo = _install_stop_signals(stop)
     try:
         result = run(argv, stop=stop)
-    except (OptionsError, FileNotFoundError, PubSubError) as e:
+    except (OptionsError, FileNotFoundError, PubSubError, PatchedBeamMismatch) as e:
         print(f"pulse run: error: {e}", file=sys.stderr)
         return 2
     finally:

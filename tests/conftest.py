@@ -12,4 +12,5 @@ pytest_plugins = [
     "tests.fixtures.x_api_server",
     "tests.fixtures.bigquery",
     "tests.fixtures.dashboard",
+    "tests.fixtures.engines",
 ]

@@ -72,13 +72,14 @@ def test_every_step_of_the_job_is_in_the_graph(dataflow_job):
 
 @pytest.mark.parametrize("spelling", ["DataflowRunner", "dataflow", "Dataflow",
                                       "apache_beam.runners.dataflow.dataflow_runner.DataflowRunner"])
-def test_pubsub_read_is_dataflow_native_with_dedup_and_event_time(spelling):
-    """Every spelling Beam accepts is Dataflow: the read de-duplicates on post_key, stamps event_time."""
+def test_pubsub_read_is_dataflow_native_with_dedup_and_publish_time(spelling):
+    """Every spelling Beam accepts is Dataflow: the read de-duplicates on post_key and stamps the
+    publish time (no timestamp attribute, whose absence or a bad value would stop the reader)."""
     job, _ = translate(spelling)
     [read] = [t for t in transforms(job).values() if t.spec.urn == common_urns.composites.PUBSUB_READ.urn]
     payload = beam_runner_api_pb2.PubSubReadPayload.FromString(read.spec.payload)
     assert payload.subscription == "projects/my-proj/subscriptions/posts-sub"
-    assert (payload.id_attribute, payload.timestamp_attribute) == ("post_key", "event_time")
+    assert (payload.id_attribute, payload.timestamp_attribute) == ("post_key", "")
     assert payload.with_attributes
 
 

@@ -179,3 +179,17 @@ def test_run_inference_can_measure_model_memory():
 
     assert base.resource is not None
     assert base._get_current_process_memory_in_bytes() > 0
+
+
+def test_is_transient_judges_an_error_by_its_classes_not_its_exact_class():
+    """A reset connection (a ConnectionError subclass, and subclasses of that) is worth a retry:
+    judged by the exact class only, a brief outage would dead-letter valid posts."""
+    from transforms.inference import is_transient
+
+    class ResetByProxy(ConnectionResetError):
+        pass
+
+    assert is_transient(ConnectionResetError(104, "Connection reset by peer"))
+    assert is_transient(ResetByProxy("reset"))
+    assert is_transient(BrokenPipeError()) and is_transient(TimeoutError())
+    assert not is_transient(ValueError("bad input")) and not is_transient(KeyError("text"))

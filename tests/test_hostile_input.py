@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 from connectors.sinks.parquet import WriteParquetTables, to_table
 from connectors.sources.replay import ReplayPosts, plan_replay, read_lines
 from models.contracts import DEAD_LETTERS, SCORED_POSTS, ModelSpec
-from pipelines.direct_runner import metrics as direct_runner_metrics
 from pipelines import sentiment_pipeline
+from pipelines.direct_runner import install_direct_runner_fixes
 from pipelines.options import SentimentOptions
 from transforms.inference import IsolateFailures, ModelFailure
 from transforms.parse import MAX_TEXT_CHARS, ParseError, parse_post
@@ -159,8 +159,8 @@ class RuleModel(ModelHandler):
         return {"min_batch_size": 1, "max_batch_size": 16}
 
 
-def run_job(lines: list[bytes], tmp_path) -> tuple[dict, str]:
-    direct_runner_metrics.install()
+def run_job(lines: list[bytes], tmp_path, model=None) -> tuple[dict, str]:
+    install_direct_runner_fixes()  # the same patched engine as `pulse run`
     path = tmp_path / "in.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
     # (A generated line may hold b"\n" or end in b"\r": the file's messages are its lines as the
@@ -173,7 +173,7 @@ def run_job(lines: list[bytes], tmp_path) -> tuple[dict, str]:
     sentiment = options.view_as(SentimentOptions)
     p = beam.Pipeline(options=options)
     sentiment_pipeline.build_pipeline(p, ReplayPosts(str(path)), WriteParquetTables(out), sentiment,
-                                      RuleModel(), ModelSpec(version="rule"))
+                                      model or RuleModel(), ModelSpec(version="rule"))
     result = p.run()
     result.wait_until_finish()
     return sentiment_pipeline.counters(result), out
@@ -252,6 +252,29 @@ def test_one_poisoned_post_costs_only_itself(tmp_path):
     assert sql(out, "SELECT stage, reason FROM dead_letters") == [("score", "model raised ValueError: poisoned input")]
 
 
+class StuckModel(RuleModel):
+    """A model server that never answers for a post holding 'stuck' (a transient error each time)."""
+
+    def run_inference(self, batch, model, inference_args=None):
+        if any("stuck" in text for text in batch):
+            raise TimeoutError("the model server did not answer")
+        return super().run_inference(batch, model, inference_args)
+
+
+def test_a_poison_bundle_ends_as_dead_letters_through_the_runners_own_retries(tmp_path):
+    """The DirectRunner retries a failed bundle 4 times, then fails the job (a streaming runner
+    retries for ever): the job ends, the stuck post a dead letter after 3 attempts, the rest scored."""
+    lines = [valid_post(i) for i in range(12)]
+    lines.insert(5, json.dumps({"id": "stuck", "text": "good stuck", "keyword": "acme",
+                                "created_at": (T0 + dt.timedelta(seconds=30)).isoformat()}).encode())
+    counters, out = run_job(lines, tmp_path, StuckModel())
+    ok, line = sentiment_pipeline.accounting(counters)
+    assert ok, line
+    assert sql(out, "SELECT count(*) FROM scored_posts")[0][0] == 12
+    assert sql(out, "SELECT stage, reason FROM dead_letters") == [
+        ("score", "model raised TimeoutError: the model server did not answer on each of 3 attempts")]
+
+
 # --- IsolateFailures, without a pipeline ------------------------------------------------------------
 
 class Flaky(RuleModel):
@@ -279,13 +302,76 @@ def test_bisection_finds_each_failing_post_and_keeps_order():
     assert results[0].inference == RuleModel.infer("good 0")
 
 
+class Unreachable(Flaky):
+    """A remote model that resets the connection on its first `failures` calls."""
+
+    def run_inference(self, batch, model, inference_args=None):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return RuleModel.run_inference(self, batch, model, inference_args)
+
+
 def test_transient_errors_are_retried_not_dead_lettered():
-    flaky = Flaky(failures=2)
+    flaky = Unreachable(failures=2)
     results = IsolateFailures(flaky, retries=3, backoff_s=0).run_inference(["good", "bad"], None)
     assert [r.inference for r in results] == [RuleModel.infer("good"), RuleModel.infer("bad")]
     assert flaky.calls == 3
-    with pytest.raises(MemoryError):  # a transient error that outlasts the retries is the runner's to retry
-        IsolateFailures(Flaky(failures=10), retries=2, backoff_s=0).run_inference(["good"], None)
+    with pytest.raises(ConnectionResetError):  # a transient error that outlasts the retries is the runner's
+        IsolateFailures(Unreachable(failures=10), retries=2, backoff_s=0).run_inference(["good x"], None)
+
+
+class Roomy(RuleModel):
+    """Runs out of memory on a batch longer than `fits` posts, or holding a 'huge' post."""
+
+    def __init__(self, fits):
+        super().__init__()
+        self.fits, self.sizes = fits, []
+
+    def run_inference(self, batch, model, inference_args=None):
+        self.sizes.append(len(batch))
+        if len(batch) > self.fits or any("huge" in text for text in batch):
+            raise MemoryError("out of memory")
+        return super().run_inference(batch, model, inference_args)
+
+
+def test_out_of_memory_halves_the_batch_until_it_fits():
+    texts = [f"good {i}" for i in range(16)]
+    model = Roomy(fits=4)
+    results = IsolateFailures(model, retries=3, backoff_s=0).run_inference(texts, None)
+    assert [r.example for r in results] == texts
+    assert [r.inference for r in results] == [RuleModel.infer(t) for t in texts]
+    assert model.sizes == [16, 8, 4, 4, 8, 4, 4]  # halved at once: no retry of a size that does not fit
+
+
+def test_a_post_out_of_memory_alone_is_a_dead_letter_with_its_reason():
+    texts = ["good a", "huge post", "bad b", "good c"]
+    model = Roomy(fits=4)
+    results = IsolateFailures(model, retries=2, backoff_s=0).run_inference(texts, None)
+    assert [r.inference for r in results[:1] + results[2:]] == [RuleModel.infer(t) for t in ("good a", "bad b", "good c")]
+    assert results[1].inference == ModelFailure("out of memory when scored alone: MemoryError: out of memory")
+    assert model.sizes.count(1) >= 3  # the post alone was retried before it was given up
+
+
+def test_a_poison_bundle_ends_as_dead_letters_after_a_bounded_number_of_attempts():
+    """The same posts failing transiently on every call: raised (the runner retries the bundle)
+    twice, then on the third the posts that still fail alone are dead letters, the others scored,
+    instead of a bundle retried for ever."""
+    class TimesOut(RuleModel):
+        def run_inference(self, batch, model, inference_args=None):
+            if any("stuck" in text for text in batch):
+                raise TimeoutError("the model server did not answer")
+            return super().run_inference(batch, model, inference_args)
+
+    handler = IsolateFailures(TimesOut(), retries=1, backoff_s=0, bundle_attempts=3)
+    batch = ["bad bundle 1", "good stuck 2", "good bundle 3", "bad bundle 4"]
+    for _ in range(2):
+        with pytest.raises(TimeoutError):
+            handler.run_inference(batch, None)
+    results = handler.run_inference(batch[2:] + batch[:2], None)  # re-batched by the retry: same posts
+    assert [r.example for r in results] == batch[2:] + batch[:2]
+    assert results[3].inference == ModelFailure("TimeoutError: the model server did not answer on each of 3 attempts")
+    assert [r.inference for r in results[:3]] == [RuleModel.infer(t) for t in batch[2:] + batch[:1]]
 
 
 def test_a_model_that_returns_too_few_results_is_caught():

@@ -489,3 +489,22 @@ def test_bq_tables():
     argv, operators = main_command(text, [".venv/bin/python", "-m", "connectors.sinks.bigquery"])
     assert operators == []
     assert argv[3:] == ["create", "--dataset", "my-proj:pulse", "--location", "EU"]
+
+
+# --- the second engine: Beam's Prism runner, built from the pinned Go module --------------------
+
+@pytest.mark.skipif(shutil.which("go") is None, reason="Go is not installed (make prism needs it)")
+def test_prism_is_refused_when_the_module_does_not_hash_to_the_pin(tmp_path):
+    """`make prism` checks the Beam Go module against deploy/engines.sum before it builds."""
+    for name in ("Makefile", "requirements.in", "requirements.lock", "setup.py"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "deploy", tmp_path / "deploy")
+    pinned = (ROOT / "deploy" / "engines.sum").read_text()
+    assert re.search(rf"^github\.com/apache/beam/sdks/v2 v{re.escape(BEAM_VERSION)} h1:\S+=$", pinned, re.M)
+    (tmp_path / "deploy" / "engines.sum").write_text(re.sub(r"h1:\S+=", "h1:" + "A" * 43 + "=", pinned))
+    env = {**os.environ, "MAKEFLAGS": ""}
+    proc = subprocess.run(["make", "-s", "prism"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"error: github.com/apache/beam/sdks/v2 v{BEAM_VERSION} hashes to h1:" in proc.stdout
+    assert not (tmp_path / ".cache").exists()  # nothing was built

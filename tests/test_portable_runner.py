@@ -127,3 +127,19 @@ def test_attempted_only_is_told_from_the_runners_metrics():
     assert sentiment_pipeline.attempted_only(Result(None, 12))  # Dataflow streaming
     assert not sentiment_pipeline.attempted_only(Result(10, None))  # the portable job service
     assert not sentiment_pipeline.attempted_only(Result(10, 12))  # Dataflow batch, the DirectRunner
+
+
+def test_committed_counts_are_preferred_to_attempted_ones():
+    """A runner that retried a bundle reports both: the balance reads the committed count."""
+    from apache_beam.metrics.execution import MetricKey, MetricResult
+    from apache_beam.metrics.metricbase import MetricName
+
+    def result(*counters):
+        class Metrics:
+            def query(self, _filter=None):
+                return {"counters": [MetricResult(MetricKey(step, MetricName("SentimentPulse", name)), committed,
+                                                  attempted) for step, name, committed, attempted in counters]}
+        return Metrics()
+
+    retried = result(("Score", "scored", 10, 12), ("Parse", "read", 10, 10), ("Parse", "parsed", None, 7))
+    assert sentiment_pipeline.counter_values(retried) == {"scored": 10, "read": 10, "parsed": 7}

@@ -40,11 +40,37 @@ def test_where_a_portable_runners_workers_run(flags, workers):
     assert identify(PipelineOptions(["--runner", "FlinkRunner", *flags])).workers == workers
 
 
+@pytest.mark.parametrize("spelling, plays", [
+    (None, True), ("BundleBasedDirectRunner", True), ("PrismRunner", True), ("prism", True),
+    ("FlinkRunner", False), ("PortableRunner", False), ("DataflowRunner", False), ("FnApiRunner", False)])
+def test_a_file_replays_as_a_stream_only_where_the_runner_plays_test_stream(spelling, plays):
+    argv = [] if spelling is None else ["--runner", spelling]
+    assert identify(PipelineOptions(argv)).plays_test_stream is plays
+
+
 def test_an_unknown_runner_is_one_sentence(tmp_path):
     (tmp_path / "in.jsonl").write_text("{}\n")
     with pytest.raises(OptionsError, match="--runner NoSuchRunner"):
         sentiment_pipeline.run(["--runner", "NoSuchRunner", "--input", str(tmp_path / "in.jsonl"),
                                 "--output", str(tmp_path / "out")])
+
+
+@pytest.mark.parametrize("flags, name", [
+    (["--runner", "FlinkRunner", "--flink_master", "[local]"], "FlinkRunner"),
+    (["--runner", "PrismRunner"], "PrismRunner"),
+    (["--runner", "PortableRunner", "--job_endpoint", "localhost:1", "--environment_type", "LOOPBACK"],
+     "PortableRunner")])
+def test_a_pubsub_input_is_refused_at_submit_where_pythons_pubsub_read_cannot_run(flags, name, tmp_path, capsys,
+                                                                                  monkeypatch):
+    """Refused before the broker is asked (no emulator at this address) or a job server started."""
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", "localhost:1")
+    argv = [*flags, "--input", "projects/p/subscriptions/posts", "--output", str(tmp_path / "out")]
+    assert sentiment_pipeline.main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"pulse run: error: --input projects/p/subscriptions/posts: {name} cannot read Pub/Sub (Beam's Python "
+        "Pub/Sub read runs on Dataflow and the DirectRunner only); run there, or replay a file into it with "
+        "--input FILE"]
+    assert not (tmp_path / "out").exists()
 
 
 DATAFLOW = ["--dry_run", "true", "--project", "my-proj", "--region", "europe-west4",

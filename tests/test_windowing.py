@@ -15,7 +15,7 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
-from pipelines.direct_runner import metrics as direct_runner_metrics
+from pipelines.direct_runner import install_direct_runner_fixes
 from transforms.aggregate import WindowedSentiment
 from transforms.records import Post
 from transforms.windowing import WindowPosts, WindowSpec, is_too_late
@@ -40,7 +40,7 @@ def fake_score(p: Post) -> dict:
 
 
 def run_windows(stream, spec=WindowSpec(size_s=60, allowed_lateness_s=120, early_firing_s=None), with_scored=False):
-    direct_runner_metrics.install()
+    install_direct_runner_fixes()  # the same patched engine as `pulse run`
     options = PipelineOptions()
     options.view_as(StandardOptions).streaming = True
     p = TestPipeline(runner="BundleBasedDirectRunner", options=options)
@@ -103,6 +103,26 @@ def test_post_later_than_allowed_lateness_is_scored_in_no_pane_and_counted():
     from apache_beam.metrics.metric import MetricsFilter
     counters = result.metrics().query(MetricsFilter().with_name("late_beyond_lateness"))["counters"]
     assert sum(c.committed for c in counters) == 1
+
+
+def test_lateness_counts_from_the_window_end_not_its_start():
+    """Window [0, 60), lateness 120 s: expired when the watermark passes 180 s, not 120 s."""
+    stream = (TestStream()
+              .add_elements([post("a", 10, "good", None)])
+              .advance_watermark_to(T0 + 150)  # past start + lateness, before end + lateness
+              .add_elements([post("in-time", 15, "bad", T0 + 150),
+                             post("edge", 16, "bad", T0 + 60 + 120 - 1e-6)])  # the last instant Beam keeps it
+              .advance_watermark_to(T0 + 180)
+              .add_elements([post("expired", 17, "bad", T0 + 180)])  # end + lateness: Beam has dropped it
+              .advance_watermark_to_infinity())
+    p, rows, _, scored = run_windows(stream, with_scored=True)
+    assert_that(scored | beam.Map(lambda r: (r["post_id"], r["beyond_lateness"])),
+                equal_to([("a", False), ("in-time", False), ("edge", False), ("expired", True)]),
+                label="LatenessFromTheWindowEnd")
+    final = (rows | beam.Filter(lambda r: r["lang"] == "*" and r["keyword"] == "acme")
+             | beam.Map(lambda r: (r["pane_timing"], r["posts"])))
+    assert_that(final, equal_to([("ON_TIME", 1), ("LATE", 3)]), label="LatePaneCountsThePostsInTime")
+    p.run()
 
 
 def test_future_and_out_of_range_posts_are_dead_letters_and_move_nothing():

@@ -13,6 +13,7 @@ max batch duration) is the handler's, so it is tuned where the hardware is known
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import threading
@@ -39,10 +40,24 @@ TRANSIENT_ERRORS = frozenset({"MemoryError", "ResourceExhaustedError", "Unavaila
                               "OutOfMemoryError", "ConnectionError", "TimeoutError"})
 
 
+OUT_OF_MEMORY_ERRORS = frozenset({"MemoryError", "ResourceExhaustedError", "OutOfMemoryError"})
+
+
 def is_transient(error: BaseException) -> bool:
     """True for errors worth retrying the same batch for (judged by class name, no TF import)."""
     names = {cls.__name__ for cls in type(error).__mro__}
     return bool(names & TRANSIENT_ERRORS) or "out of memory" in str(error).lower()
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for an error that a smaller batch may not raise: host or accelerator memory exhausted."""
+    names = {cls.__name__ for cls in type(error).__mro__}
+    return bool(names & OUT_OF_MEMORY_ERRORS) or "out of memory" in str(error).lower()
+
+
+def element_fingerprint(element) -> str:
+    """An element's identity across the runner's retries of its bundle (however it is batched)."""
+    return hashlib.sha256(repr(element).encode("utf-8", "backslashreplace")).hexdigest()
 
 
 class ModelFailure(NamedTuple):
@@ -55,6 +70,8 @@ class ModelFailure(NamedTuple):
 _LOADED: dict[tuple, Any] = {}  # (handler's cache key, model location) -> model
 _LAST_GOOD: dict[str, Any] = {}  # handler's cache key -> the location loaded last
 _LOADED_LOCK = threading.Lock()
+MAX_TRACKED_ELEMENTS = 100_000
+_FAILED_CALLS: dict[str, int] = {}  # element_fingerprint -> calls that raised a transient error (poison bundles)
 
 
 class IsolateFailures(ModelHandler):
@@ -63,8 +80,14 @@ class IsolateFailures(ModelHandler):
     A batch that raises is retried (with backoff) while the error is transient; a
     deterministic error splits the batch in halves until the posts that fail alone are
     found. Those get a `ModelFailure` inference (a dead letter downstream), the others
-    their predictions, in input order. A transient error that outlasts the retries is
-    raised: the runner retries the bundle, and no valid post becomes a dead letter.
+    their predictions, in input order. Out of memory splits the batch at once (halve and
+    retry: a smaller batch may fit); a post that runs out of memory alone, after the retries,
+    is a `ModelFailure` ("out of memory when scored alone"). Any other transient error that
+    outlasts the retries is raised, so the runner retries the bundle and no valid post
+    becomes a dead letter in a brief outage; but the same batch failing so on
+    `bundle_attempts` calls in this worker process, each of its posts counted however the
+    retried bundle is batched (a poison bundle, which a streaming runner would retry
+    forever), ends as `ModelFailure`s with the last error, in bounded time.
 
     Beam's `RunInference.with_exception_handling` dead-letters whole batches; nothing in
     Beam bisects, hence this small wrapper (every other method delegates).
@@ -76,11 +99,12 @@ class IsolateFailures(ModelHandler):
     sample replay's time in `load_model`, 596 s instead of 140 s).
     """
 
-    def __init__(self, inner: ModelHandler, retries: int = 3, backoff_s: float = 0.5):
+    def __init__(self, inner: ModelHandler, retries: int = 3, backoff_s: float = 0.5, bundle_attempts: int = 3):
         super().__init__()
         self._inner = inner
         self._retries = retries
         self._backoff_s = backoff_s
+        self._bundle_attempts = bundle_attempts
         self._env_vars = getattr(inner, "_env_vars", {})
         self._cache_key = uuid.uuid4().hex  # travels with the pickled handler to every worker
 
@@ -119,7 +143,46 @@ class IsolateFailures(ModelHandler):
         return model
 
     def run_inference(self, batch, model, inference_args=None):
-        return self._isolate(list(batch), model, inference_args)
+        batch = list(batch)
+        try:
+            results = self._isolate(batch, model, inference_args)
+        except Exception as e:  # noqa: BLE001  (transient: the runner's to retry, a bounded number of times)
+            keys = [element_fingerprint(example) for example in batch]
+            with _LOADED_LOCK:
+                for key in keys:
+                    _FAILED_CALLS[key] = _FAILED_CALLS.pop(key, 0) + 1
+                failed = min(_FAILED_CALLS[key] for key in keys)
+                while len(_FAILED_CALLS) > MAX_TRACKED_ELEMENTS:  # the oldest first: memory stays bounded
+                    del _FAILED_CALLS[next(iter(_FAILED_CALLS))]
+            if failed < self._bundle_attempts:
+                raise
+            _LOG.error("model batch of %d failed on %d attempts (%s): bisecting once more, then dead letters",
+                       len(batch), failed, describe_error(e))
+            with _LOADED_LOCK:
+                for key in keys:
+                    _FAILED_CALLS.pop(key, None)
+            return self._give_up(batch, model, inference_args, failed)
+        if _FAILED_CALLS:
+            with _LOADED_LOCK:
+                for example in batch:
+                    _FAILED_CALLS.pop(element_fingerprint(example), None)
+        return results
+
+    def _give_up(self, batch, model, inference_args, attempts: int):
+        """The last attempt at a poison bundle: halves without retries, transient errors taken as
+        the posts' own, so the posts that still fail alone are the only dead letters."""
+        try:
+            results = list(self._inner.run_inference(batch, model, inference_args))
+            if len(results) == len(batch):
+                return results
+            error = f"model returned {len(results)} results for {len(batch)} posts"
+        except Exception as e:  # noqa: BLE001
+            error = describe_error(e)
+        if len(batch) == 1:
+            return [PredictionResult(batch[0], ModelFailure(f"{error} on each of {attempts} attempts"))]
+        mid = len(batch) // 2
+        return (self._give_up(batch[:mid], model, inference_args, attempts)
+                + self._give_up(batch[mid:], model, inference_args, attempts))
 
     def _attempt(self, batch, model, inference_args):
         for attempt in range(self._retries + 1):
@@ -129,7 +192,7 @@ class IsolateFailures(ModelHandler):
                     raise ValueError(f"model returned {len(results)} results for {len(batch)} posts")
                 return results
             except Exception as e:  # noqa: BLE001
-                if not is_transient(e) or attempt == self._retries:
+                if not is_transient(e) or attempt == self._retries or (is_out_of_memory(e) and len(batch) > 1):
                     raise
                 delay = self._backoff_s * 2 ** attempt
                 _LOG.warning("model batch of %d raised %s; retrying in %.1f s (%d/%d)",
@@ -141,7 +204,10 @@ class IsolateFailures(ModelHandler):
         try:
             return self._attempt(batch, model, inference_args)
         except Exception as e:  # noqa: BLE001
-            if is_transient(e):
+            if is_out_of_memory(e) and len(batch) == 1:
+                return [PredictionResult(batch[0], ModelFailure(f"out of memory when scored alone: "
+                                                                f"{describe_error(e)}"))]
+            if is_transient(e) and not is_out_of_memory(e):
                 raise
             if len(batch) == 1:
                 return [PredictionResult(batch[0], ModelFailure(describe_error(e)))]

@@ -20,10 +20,14 @@ post first, counts it (`late_beyond_lateness`), flags it `beyond_lateness` and s
 at the source's watermark when it arrived: it is scored and stored in scored_posts
 like any post, and Aggregate leaves it out of the streaming panes. Its window's final
 figures are the view `sentiment_windows_final` (SQL over scored_posts). The gate
-compares with the source's watermark when the post arrived (the replay source records
-it; for Pub/Sub the processing time stands in, as Beam's DirectRunner uses it as the
-Pub/Sub watermark). Because a step's input watermark never runs ahead of its source's,
-a post that passes the gate is never dropped by the aggregation downstream.
+compares with the source's event-time watermark when the post arrived, never with a
+wall clock: the watermark the source recorded with the message (the replay, the
+DirectRunner's Pub/Sub reader), else the element's timestamp as the source gave it (a
+Pub/Sub message's publish time, which the source's watermark never passes while the
+message is still unacknowledged). So a backlog read long after it was published (a stall,
+an update, an outage) is judged by its publish time, on every runner, as the watermark
+judges it. Because a step's input watermark never runs ahead of its source's, a post that
+passes the gate is never dropped by the aggregation downstream.
 
 Sliding windows (`period_s`) are applied at aggregation only: each post is scored and
 written once, in the fixed window of size `period_s` that contains it.
@@ -102,6 +106,15 @@ def fixed_window_max_timestamp(event_time: float, size_s: float) -> float:
     return start + size_s - 1e-6
 
 
+def source_watermark_bound(timestamp) -> float:
+    """The element's timestamp from its source (seconds) as the bound of the source's watermark
+    when it arrived; minus infinity for an element without one (nothing is late before the
+    first watermark)."""
+    if timestamp is None or not -2**62 < timestamp.micros < 2**62:
+        return -math.inf
+    return float(timestamp)
+
+
 class _EventTimeGate(beam.DoFn):
     """Checks a post's event time, then stamps it as the element's timestamp.
 
@@ -117,7 +130,7 @@ class _EventTimeGate(beam.DoFn):
         self.dead = Metrics.counter(NAMESPACE, "dead_letter_window")
         self.beyond = Metrics.counter(NAMESPACE, "late_beyond_lateness")
 
-    def process(self, post: Post):
+    def process(self, post: Post, timestamp=beam.DoFn.TimestampParam):
         now = self.clock()
         event_time = post.created_at.timestamp()
         problem = event_time_problem(event_time, now, self.max_future_skew_s)
@@ -127,7 +140,7 @@ class _EventTimeGate(beam.DoFn):
                 "window", f"{problem}: created_at {post.created_at.isoformat()}", post.raw, post.attributes,
                 message_id=post.message_id))
             return
-        watermark = post.watermark if post.watermark is not None else now
+        watermark = post.watermark if post.watermark is not None else source_watermark_bound(timestamp)
         end = fixed_window_max_timestamp(event_time, self.spec.post_window_s)
         if is_too_late(end, self.spec.allowed_lateness_s, watermark):
             self.beyond.inc()

@@ -111,8 +111,8 @@ def post_key(post_id, keyword) -> str | None:
 
 
 def post_attributes(post: dict) -> dict[str, str]:
-    """The message attributes of a Post: post_id, event_time (the timestamp_attribute,
-    RFC 3339), keyword, lang and post_key (the Dataflow id_label); each only where it can be
+    """The message attributes of a Post: post_id, event_time (RFC 3339; the job's event time
+    when the body has no created_at), keyword, lang and post_key (the Dataflow id_label); each only where it can be
     read safely (see the module docstring). Never raises for any dict."""
     attributes = {}
     for name, field in (("post_id", "id"), ("event_time", "created_at"), ("keyword", "keyword"),

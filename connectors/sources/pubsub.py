@@ -5,13 +5,16 @@
 
     pulse run --input projects/P/subscriptions/S --output out --run_for 600
 
-Timestamps: on Dataflow the read uses the `event_time` attribute as the timestamp
-attribute (the watermark then follows event time) and `post_key` (`<post id>|<keyword>`,
-set by the connectors) as `id_label`: Dataflow de-duplicates redeliveries of the same
-post for the same keyword, and a post collected for two keywords stays two messages. Beam's Python DirectRunner rejects `id_label`, and a
-message whose `event_time` attribute does not parse would stop its reader, so there
-the read uses publish time and ParsePosts assigns the same event time per message,
-dead-lettering a bad one instead. Set PUBSUB_EMULATOR_HOST to use the emulator.
+Timestamps: on every runner the read stamps each message with its publish time (no
+`timestamp_attribute`: a message whose `event_time` attribute is missing or does not parse
+would stop Beam's reader on Dataflow), so the source's watermark follows publish time; the
+job itself takes event time from the post's `created_at` (else the `event_time` attribute,
+else the publish time) in ParsePosts and dead-letters a bad one. Each RawMessage carries its
+publish time as the watermark bound the lateness gate judges against
+(transforms/windowing.py). On Dataflow `post_key` (`<post id>|<keyword>`, set by the
+connectors) is the `id_label`: Dataflow de-duplicates redeliveries of the same post for the
+same keyword, and a post collected for two keywords stays two messages (Beam's Python
+DirectRunner rejects `id_label`). Set PUBSUB_EMULATOR_HOST to use the emulator.
 
 On Beam's Python BundleBasedDirectRunner (what `pulse run` uses locally) ReadPosts reads
 through connectors/sources/pubsub_direct.py instead of Beam's evaluator: bundles of up to 500
@@ -93,8 +96,10 @@ def _is_python_direct_runner(runner) -> bool:
 
 
 def to_raw_message(message: PubsubMessage) -> RawMessage:
+    """A message as read -> RawMessage; its watermark is its publish time: Pub/Sub's watermark is
+    the oldest unacknowledged publish time, so it is at most this message's while it is read."""
     publish_time = message.publish_time.timestamp() if message.publish_time is not None else None
-    return RawMessage(bytes(message.data or b""), dict(message.attributes or {}), publish_time, None,
+    return RawMessage(bytes(message.data or b""), dict(message.attributes or {}), publish_time, publish_time,
                       getattr(message, "message_id", None) or None)
 
 
@@ -105,15 +110,13 @@ class ReadPosts(beam.PTransform):
     `max_messages` per bundle); `reader()` then returns its Reader (stop, acknowledge, report).
     """
 
-    def __init__(self, path: str, on_dataflow: bool = False,
-                 timestamp_attribute: str = "event_time", id_label: str = "post_key",
+    def __init__(self, path: str, on_dataflow: bool = False, id_label: str = "post_key",
                  max_messages: int = 500):
         super().__init__()
         if not is_pubsub_path(path):
             raise ValueError(f"{path!r} is neither projects/P/topics/T nor projects/P/subscriptions/S")
         self.path = path
         self.on_dataflow = on_dataflow
-        self.timestamp_attribute = timestamp_attribute
         self.id_label = id_label
         self.max_messages = max_messages
         self.reader_id = uuid.uuid4().hex
@@ -136,7 +139,6 @@ class ReadPosts(beam.PTransform):
             **{kind: self.path},
             with_attributes=True,
             id_label=self.id_label if self.on_dataflow else None,
-            timestamp_attribute=self.timestamp_attribute if self.on_dataflow else None,
         )
         return (pbegin
                 | "ReadFromPubSub" >> read

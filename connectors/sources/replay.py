@@ -24,7 +24,8 @@ at minus infinity until it finishes, and uses wall-clock time as Pub/Sub's water
 so TestStream is the only source on which event time progresses as recorded. A
 TestStream carries its events in the pipeline graph, so the streaming replay reads the
 file when it is built and the whole file travels in the pipeline proto (a 21 MB file
-made a 30 MB proto): it is for the DirectRunner, which runs in the launching process.
+made a 30 MB proto): it is for the DirectRunner, which runs in the launching process, and for
+Prism, a local runner that executes TestStream itself (pipelines/runners.py, plays_test_stream).
 
 On other runners (Dataflow, Flink, the portable job service) the replay is a bounded
 collection with the same messages and timestamps (batch semantics: one on-time pane per

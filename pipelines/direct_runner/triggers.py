@@ -32,7 +32,8 @@ trace of that window from the key's state, which is what Beam's other runners do
 moment; a key left with nothing is then forgotten (direct_runner_state.py).
 
 Applied only when the job runs on the DirectRunner (Dataflow and Flink run their own
-trigger implementations); a no-op on a Beam without `GeneralTriggerDriver._output`.
+trigger implementations); on a Beam without `GeneralTriggerDriver._output` it refuses (one line)
+rather than silently doing nothing.
 """
 from __future__ import annotations
 
@@ -68,9 +69,12 @@ def expire_window(raw_state, window_id) -> None:
 def install() -> None:
     global _INSTALLED
     with _LOCK:
-        driver = getattr(beam_trigger, "GeneralTriggerDriver", None)
-        if _INSTALLED or driver is None or not hasattr(driver, "_output"):
+        if _INSTALLED:
             return
+        driver = getattr(beam_trigger, "GeneralTriggerDriver", None)
+        if driver is None or not hasattr(driver, "_output"):
+            raise RuntimeError("apache_beam.transforms.trigger.GeneralTriggerDriver._output is gone: "
+                               "the trigger patch (pipelines/direct_runner/triggers.py) cannot apply")
         original = driver._output
 
         def _output(self, window, finished, state, output_watermark, maybe_ontime):
