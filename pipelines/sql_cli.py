@@ -27,14 +27,17 @@ import base64
 import csv
 import datetime as dt
 import json
+import re
 import sys
 from typing import Any, Sequence, TextIO
 
 import duckdb
 
 from connectors import duckdb_sql, sqlfiles
+from connectors.labels import BIDI_CONTROLS
 
 FORMATS = ("table", "csv", "json")
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -158,12 +161,15 @@ def print_query_list(out: TextIO) -> None:
 
 def write_result(columns: list[str], rows: list[tuple], fmt: str, out: TextIO) -> None:
     if fmt == "csv":
+        # Newlines and tabs inside a quoted CSV field are data; every other control character is escaped.
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows([[_text(v) for v in row] for row in rows])
+        writer.writerow([visible(c, keep="\n\t") for c in columns])
+        writer.writerows([[visible(v, keep="\n\t") if isinstance(v, str) else v for v in map(_text, row)]
+                          for row in rows])
     elif fmt == "json":
-        json.dump([dict(zip(columns, map(_jsonable, row))) for row in rows], out, ensure_ascii=False, indent=1)
-        out.write("\n")
+        # json escapes C0 controls itself; DEL, C1 controls, bidi overrides and lone surrogates as \uNNNN.
+        text = json.dumps([dict(zip(columns, map(_jsonable, row))) for row in rows], ensure_ascii=False, indent=1)
+        out.write(_JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n")
     else:
         out.write(format_table(columns, [[_text(v) for v in row] for row in rows]) + "\n")
         out.write(f"({len(rows)} row{'s' if len(rows) != 1 else ''})\n")
@@ -237,8 +243,28 @@ def _fixed(value: float | None) -> str:
     return "" if value is None else f"{value:+.3f}"
 
 
+def visible(text: str, keep: str = "") -> str:
+    """`text` with every character a terminal would act on written as an escape: control
+    characters (NUL, ESC, a carriage return ...) as \\xNN, bidirectional overrides and lone
+    UTF-16 surrogates as \\uNNNN; the characters in `keep` stay as they are."""
+    if text.isprintable() and not BIDI_CONTROLS.intersection(text):
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in keep:
+            out.append(ch)
+        elif code < 0x20 or 0x7F <= code <= 0x9F:
+            out.append(f"\\x{code:02x}")
+        elif ch in BIDI_CONTROLS or 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def _clip(text: str, width: int) -> str:
-    text = text.replace("\n", " ")
+    text = visible(text.replace("\n", " "))
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

@@ -310,6 +310,22 @@ def test_pulse_sql_formats(output_dir, capsys):
     assert out.splitlines()[0].split() == ["keyword", "posts"] and "(2 rows)" in out
 
 
+@pytest.mark.parametrize("fmt", ["table", "csv", "json"])
+def test_pulse_sql_never_prints_raw_control_characters(output_dir, capsys, fmt):
+    """A stored value holding ESC, a carriage return, NUL, DEL, a C1 control or a right-to-left
+    override is printed escaped: a terminal showing it cannot be made to act on it."""
+    sql = ("SELECT chr(27) || '[2J' || chr(13) || chr(0) || 'x' || chr(127) || chr(155) AS a, "
+           "'rev' || chr(8238) || 'exe.txt' AS b")
+    status, out, err = cli(sql_cli.sql_main, [sql, "--output", output_dir, "--format", fmt], capsys)
+    assert status == 0, err
+    raw = [ch for ch in out if ch not in "\n" and (not ch.isprintable() or ch == "\u202e")]
+    assert raw == []
+    if fmt == "json":
+        assert json.loads(out) == [{"a": "\x1b[2J\r\x00x\x7f\x9b", "b": "rev\u202eexe.txt"}]
+    else:
+        assert "\\x1b[2J\\x0d\\x00x\\x7f\\x9b" in out and "rev\\u202eexe.txt" in out
+
+
 def test_pulse_sql_named_query_with_params(output_dir, capsys):
     status, out, err = cli(sql_cli.sql_main, [
         "top_negative_posts", "--output", output_dir, "--format", "json",
