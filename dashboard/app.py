@@ -25,7 +25,9 @@ import pandas as pd
 import streamlit as st
 
 from connectors import sqlfiles
+from connectors.labels import check_reviewer
 from dashboard import data
+from dashboard.safe_text import decoded, md
 
 PAGES = ("Overview", "Alerts", "Posts", "Health", "Accuracy", "Review")
 ALL = "*"
@@ -59,10 +61,10 @@ def open_source(conf: dict) -> data.Source | None:
     try:
         source = data.open_source(conf["output"], conf["views"], conf["project"])
     except data.SourceError as e:
-        st.error(str(e))
+        st.error(md(e))
         return None
     for warning in source.warnings:
-        st.warning(warning)
+        st.warning(md(warning))
     return source
 
 
@@ -123,7 +125,7 @@ def current_span(source: data.Source, fixed):
 # ---- pages --------------------------------------------------------------------------------
 
 def overview(source: data.Source, keyword: str, lang: str, span) -> None:
-    st.header("Overview" + ("" if keyword == ALL else f": {keyword}"))
+    st.header("Overview" + ("" if keyword == ALL else f": {md(keyword)}"))
     if span is None:
         st.info("No sentiment windows yet: the job has not written any (or is still in its first window).")
         return
@@ -186,25 +188,89 @@ def overview(source: data.Source, keyword: str, lang: str, span) -> None:
 
 
 def alerts_page(source: data.Source, keyword: str, span) -> None:
+    """Incidents first (consecutive alerts of a keyword and their '*' echoes, view incidents),
+    each opening onto its alerts, its drivers (what set it apart from the keyword's baseline),
+    example posts of the drivers and the alerts' sample posts; then drivers of any window."""
     st.header("Alerts")
     if span is None:
         st.info("No windows yet, so no alerts.")
         return
-    frame = data.alerts(source, keyword, *span)
-    if frame.empty:
+    incidents = data.incidents(source, keyword, *span)
+    if incidents.empty:
         st.info("No alert in this range.")
+    else:
+        st.subheader(f"Incidents ({len(incidents)}), the latest first")
+        st.caption("An incident is a keyword's consecutive alerts (one quiet window apart at most) with the "
+                   "all-keywords ('*') alerts that echo them; open: no quiet window after it yet.")
+        st.dataframe(incidents.drop(columns=["incident_id"]), hide_index=True, use_container_width=True,
+                     column_config=_time_columns(incidents))
+        members = data.incident_alerts(source, incidents["incident_id"].tolist())
+        for _, incident in incidents.iterrows():
+            _incident(source, incident, members[members["incident_id"] == incident["incident_id"]])
+    _window_drivers(source, keyword, span)
+
+
+def _incident(source: data.Source, incident, alerts: pd.DataFrame) -> None:
+    started, ended = pd.Timestamp(incident["started_at"]), pd.Timestamp(incident["ended_at"])
+    title = (f"{started:%Y-%m-%d %H:%M}–{ended:%H:%M} UTC · {md(incident['keyword'])} · {md(incident['kinds'])} · "
+             f"peak z = {incident['peak_zscore']:.1f} at {pd.Timestamp(incident['peak_at']):%H:%M} · "
+             f"{int(incident['alerts'])} alerts · {incident['status']}")
+    with st.expander(title):
+        link = page_link("Posts", keyword=None if incident["keyword"] == ALL else incident["keyword"],
+                         start=_iso(started), end=_iso(ended))
+        st.markdown(f"[Posts of this incident]({link})")
+        st.text("Alerts")
+        st.dataframe(alerts.drop(columns=["incident_id", "sample_post_ids"]), hide_index=True,
+                     use_container_width=True, column_config=_time_columns(alerts))
+        _drivers(source, incident["keyword"], started.to_pydatetime(), ended.to_pydatetime())
+        ids = sorted({i for row in alerts["sample_post_ids"] if row is not None for i in list(row)})
+        st.text("Sample posts of the alerts")
+        st.dataframe(_decoded(data.posts_by_id(source, ids)), hide_index=True, use_container_width=True)
+
+
+def _drivers(source: data.Source, keyword: str, start: dt.datetime, end: dt.datetime) -> None:
+    drivers = data.drivers(source, keyword, start, end)
+    baseline = data.BASELINE_WINDOWS * source.settings.window_size // 60
+    st.text(f"Drivers: terms that set {start:%H:%M}–{end:%H:%M} UTC apart from the {baseline} minutes before "
+            "(posts holding each; log-odds with an informative Dirichlet prior, as a z-score)")
+    if drivers.empty:
+        st.text("No terms in this window.")
         return
-    st.dataframe(frame.drop(columns=["sample_post_ids"]), hide_index=True, use_container_width=True)
-    for _, alert in frame.iterrows():
-        start = pd.Timestamp(alert["window_start"])
-        title = (f"{start:%Y-%m-%d %H:%M} · {alert['keyword']} · {alert['kind']} · z = {alert['zscore']:.1f} "
-                 f"(value {alert['value']:.3g}, baseline {alert['baseline']:.3g})")
-        with st.expander(title):
-            link = page_link("Posts", keyword=alert["keyword"], start=_iso(alert["window_start"]),
-                             end=_iso(alert["window_end"]))
-            st.markdown(f"[Posts of this window]({link})")
-            ids = list(alert["sample_post_ids"]) if alert["sample_post_ids"] is not None else []
-            st.dataframe(data.posts_by_id(source, ids), hide_index=True, use_container_width=True)
+    st.dataframe(drivers, hide_index=True, use_container_width=True,
+                 column_config={"log_odds": st.column_config.NumberColumn(format="%.2f"),
+                                "zscore": st.column_config.NumberColumn(format="%.2f")})
+    examples = data.driver_examples(source, keyword, start, end, drivers["term"].head(5).tolist())
+    if not examples.empty:
+        st.text("Example posts of the first five drivers")
+        st.dataframe(_decoded(examples), hide_index=True, use_container_width=True)
+
+
+def _window_drivers(source: data.Source, keyword: str, span) -> None:
+    """Drivers of any window, on demand: the keyword of the sidebar, a window picked here."""
+    st.subheader("Drivers of a window")
+    frame = data.windows(source, keyword, ALL, *span)
+    if frame.empty:
+        st.caption("No windows in this range.")
+        return
+    starts = [pd.Timestamp(t).to_pydatetime() for t in frame["window_start"]]
+    chosen = st.selectbox("Window (UTC)", list(range(len(starts))), index=len(starts) - 1, key="drivers-window",
+                          format_func=lambda i: f"{starts[i]:%Y-%m-%d %H:%M} ({int(frame['posts'].iloc[i])} posts)")
+    if st.button("Find drivers", key="drivers-go"):
+        start = starts[chosen]
+        _drivers(source, keyword, start, pd.Timestamp(frame["window_end"].iloc[chosen]).to_pydatetime())
+
+
+def _decoded(frame: pd.DataFrame) -> pd.DataFrame:
+    """Post text as written (HTML entities decoded) for a dataframe, which renders nothing."""
+    if "text" in frame:
+        frame = frame.assign(text=[decoded(t) for t in frame["text"]])
+    return frame
+
+
+def _time_columns(frame: pd.DataFrame) -> dict:
+    """Dates and 24-hour times (UTC) for every timestamp column of a dataframe."""
+    return {c: st.column_config.DatetimeColumn(c, format="YYYY-MM-DD HH:mm:ss", timezone="UTC")
+            for c in frame.columns if pd.api.types.is_datetime64_any_dtype(frame[c])}
 
 
 def posts_page(source: data.Source, keyword: str, lang: str, span) -> None:
@@ -299,24 +365,30 @@ def review_page(source: data.Source, conf: dict) -> None:
     if not reviewer.strip():
         st.warning("Enter your name as reviewer (sidebar) to label posts.")
         return
+    try:
+        reviewer = check_reviewer(reviewer)
+    except ValueError as e:
+        st.error(md(e))
+        return
     store = data.label_store(source, conf["project"])
     notice = st.session_state.pop("label_notice", None)
     if notice:
-        (st.success if notice[0] == "ok" else st.info)(notice[1])
+        (st.success if notice[0] == "ok" else st.info)(md(notice[1]))
     queue = data.review_queue(source, store.labelled(reviewer))
     mode = st.radio("Show", ["one at a time", "as a list"], horizontal=True, label_visibility="collapsed")
-    st.caption(f"{len(queue)} low-confidence posts left for {reviewer}, oldest first. "
+    st.caption(f"{len(queue)} low-confidence posts left for {md(reviewer)}, oldest first. "
                "Shortcuts: 1 negative, 2 neutral, 3 positive, S skip.")
     if queue.empty:
         st.success("Nothing left to review.")
     elif mode == "one at a time":
         post = queue.iloc[0].to_dict()
         with st.container(border=True):
-            st.markdown(f"**{post['keyword']}** · {post['lang']} · "
-                        f"{pd.Timestamp(post['created_at']):%Y-%m-%d %H:%M:%S} UTC · post `{post['post_id']}`")
-            st.markdown(f"> {post['text']}")
-            st.caption(f"model: {post['model_label']} (confidence {post['confidence']:.2f}, "
-                       f"{post['model_version']})")
+            # Everything here came from the post: text elements only (they render no Markdown).
+            st.text(f"{post['keyword']} · {post['lang']} · "
+                    f"{pd.Timestamp(post['created_at']):%Y-%m-%d %H:%M:%S} UTC · post {post['post_id']}")
+            st.text(decoded(post["text"]))
+            st.text(f"model: {post['model_label']} (confidence {post['confidence']:.2f}, "
+                    f"{post['model_version']})")
         cols = st.columns(4)
         for col, label in zip(cols, data.LABEL_CHOICES):
             # on_click with the post as rendered: the label goes to the post this page showed,
@@ -379,7 +451,7 @@ _FIGURES = ["labels", "contested", "accuracy", "macro_f1", "f1_negative", "f1_ne
 def accuracy_page(source: data.Source, keyword: str, conf: dict) -> None:
     """The live model against the review desk's resolved labels (view model_accuracy), beside the
     model's own evaluation, and the model_degraded / drift alerts."""
-    st.header("Accuracy" + (f": {keyword}" if keyword != ALL else ""))
+    st.header("Accuracy" + (f": {md(keyword)}" if keyword != ALL else ""))
     figures = data.accuracy(source)
     expected, where = data.expected_figures(conf["model"])
     if figures.empty:
@@ -397,12 +469,12 @@ def accuracy_page(source: data.Source, keyword: str, conf: dict) -> None:
             f1 = "n/a" if pd.isna(row["macro_f1"]) else f"{row['macro_f1']:.3f}"
             delta = None if pd.isna(row["macro_f1"]) or pd.isna(row["evaluation"]) else \
                 f"{row['macro_f1'] - row['evaluation']:+.3f} vs evaluation"
-            col.metric(f"Macro-F1 {row['model_version']}", f1, delta,
+            col.metric(f"Macro-F1 {md(row['model_version'])}", f1, delta,
                        help=f"over {int(row['labels'])} labels ({int(row['contested'])} contested posts left out); "
-                            f"evaluation: {where}")
+                            f"evaluation: {md(where)}")
         st.subheader("Per model version")
         st.caption(f"labels: resolved labels behind each figure. evaluation: the model's own macro-F1 on the "
-                   f"reserved tweets ({where}); blank where unknown.")
+                   f"reserved tweets ({md(where)}); blank where unknown.")
         st.dataframe(versions[["model_version", *_FIGURES, "evaluation"]], hide_index=True, use_container_width=True)
         st.subheader("Per keyword and language")
         detail = figures[(figures["model_version"] != ALL) & ((figures["keyword"] != ALL) | (figures["lang"] != ALL))]
@@ -424,7 +496,7 @@ def main() -> None:
     st.set_page_config(page_title="sentiment-pulse", layout="wide")
     conf = settings()
     st.sidebar.title("sentiment-pulse")
-    st.sidebar.caption(f"output: {conf['output']}")
+    st.sidebar.caption(f"output: {md(conf['output'])}")
     wanted = st.query_params.get("page", PAGES[0])
     page = st.sidebar.radio("Page", PAGES, index=PAGES.index(wanted) if wanted in PAGES else 0)
     if page != wanted:

@@ -204,6 +204,35 @@ WHERE (@keyword = '*' OR keyword = @keyword) AND window_start >= @start AND wind
 ORDER BY window_start DESC, keyword, kind
 """
 
+INCIDENTS = """
+SELECT incident_id, keyword, started_at, ended_at, peak_at, peak_kind, peak_zscore, kinds, alerts, echoes, status
+FROM ${dataset}.incidents
+WHERE (@keyword = '*' OR keyword = @keyword) AND ended_at > @start AND started_at < @end
+ORDER BY started_at DESC, keyword
+"""
+
+INCIDENT_ALERTS = """
+SELECT incident_id, window_start, window_end, keyword, kind, value, baseline, zscore, sample_post_ids, emitted_at
+FROM ${dataset}.incident_alerts
+WHERE incident_id IN (SELECT id FROM UNNEST(@incident_ids) AS id)
+ORDER BY incident_id, window_start, keyword, kind
+"""
+
+# Up to `per_term` posts of the window holding each driver term, the most negative first.
+DRIVER_EXAMPLES = """
+SELECT term, post_id, keyword, created_at, label, score, text
+FROM (
+  SELECT t.term, p.post_id, p.keyword, p.created_at, p.label, p.score, p.text,
+    ROW_NUMBER() OVER (PARTITION BY t.term ORDER BY p.score, p.created_at, p.post_id) AS n
+  FROM ${dataset}.post_terms AS t
+  JOIN ${dataset}.scored_posts_unique AS p ON p.post_id = t.post_id AND p.keyword = t.keyword
+  WHERE (@keyword = '*' OR t.keyword = @keyword) AND t.created_at >= @start AND t.created_at < @end
+    AND t.term IN (SELECT x FROM UNNEST(@terms) AS x)
+)
+WHERE n <= @per_term
+ORDER BY term, n
+"""
+
 POSTS_BY_ID = """
 SELECT post_id, keyword, text, label, score, confidence
 FROM ${dataset}.scored_posts_unique
@@ -300,6 +329,40 @@ def corrections(source: Source, keyword: str, lang: str, start: dt.datetime, end
 
 def alerts(source: Source, keyword: str, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
     return source.frame(ALERTS, {"keyword": keyword, "start": start, "end": end})
+
+
+def incidents(source: Source, keyword: str, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
+    """The incidents view (consecutive alerts of a keyword and their '*' echoes) overlapping [start, end)."""
+    return source.frame(INCIDENTS, {"keyword": keyword, "start": start, "end": end})
+
+
+def incident_alerts(source: Source, incident_ids: list[str]) -> pd.DataFrame:
+    if not incident_ids:
+        return pd.DataFrame(columns=["incident_id", "window_start", "window_end", "keyword", "kind", "value",
+                                     "baseline", "zscore", "sample_post_ids", "emitted_at"])
+    return source.frame(INCIDENT_ALERTS, {"incident_ids": list(incident_ids)})
+
+
+# The job's default --alert_baseline_windows: drivers compare a window with the baseline the
+# alert was judged against.
+BASELINE_WINDOWS = 30
+
+
+def drivers(source: Source, keyword: str, start: dt.datetime, end: dt.datetime, limit: int = 10) -> pd.DataFrame:
+    """sql/queries/drivers.sql: the terms that set [start, end) of `keyword` apart from its baseline
+    (the BASELINE_WINDOWS windows before), by log-odds with an informative Dirichlet prior."""
+    query = sqlfiles.load_query("drivers")
+    params = query.bind({"keyword": keyword, "window_start": start, "window_end": end, "limit": limit,
+                         "baseline_seconds": BASELINE_WINDOWS * source.settings.window_size})
+    return source.frame(query.text, params)
+
+
+def driver_examples(source: Source, keyword: str, start: dt.datetime, end: dt.datetime, terms: list[str],
+                    per_term: int = 2) -> pd.DataFrame:
+    if not terms:
+        return pd.DataFrame(columns=["term", "post_id", "keyword", "created_at", "label", "score", "text"])
+    return source.frame(DRIVER_EXAMPLES, {"keyword": keyword, "start": start, "end": end, "terms": list(terms),
+                                          "per_term": per_term})
 
 
 def posts_by_id(source: Source, post_ids: list[str]) -> pd.DataFrame:
