@@ -451,7 +451,6 @@ SELECT DISTINCT post_id, keyword, created_at, label, term,
 FROM tokens
 WHERE (STARTS_WITH(term, '#') OR STARTS_WITH(term, '@') OR REGEXP_CONTAINS(term, r'^\p{So}')
        OR (CHAR_LENGTH(term) >= 3 AND REGEXP_CONTAINS(term, r'^\pL')))
-  AND CHAR_LENGTH(term) > 1
   AND term NOT IN (
     'the', 'and', 'for', 'you', 'your', 'are', 'was', 'were', 'but', 'not', 'this', 'that', 'with', 'have',
     'has', 'had', 'from', 'they', 'them', 'their', 'there', 'what', 'when', 'where', 'who', 'why', 'how',

@@ -12,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from connectors import duckdb_sql
 from dashboard import cli, data
+from dashboard.safe_text import md
 
 APP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dashboard", "app.py")
 
@@ -72,23 +73,28 @@ def test_a_keyword_filter_narrows_every_figure(monkeypatch, dashboard_output):
     [(alerts,)] = sql(dashboard_output, f"SELECT count(*) FROM alerts_unique WHERE keyword = '{keyword}'")
     shown = metric_values(at)
     assert (shown["Posts"], shown["Alerts"]) == (f"{posts:,}", str(alerts))
-    assert at.header[0].value == f"Overview: {keyword}"
+    assert at.header[0].value == f"Overview: {md(keyword)}"
 
 
-def test_alerts_list_each_alert_with_its_sample_posts_and_a_link_to_its_window(monkeypatch, dashboard_output):
+def test_alerts_list_incidents_each_with_its_alerts_drivers_and_posts(monkeypatch, dashboard_output):
     at = app(monkeypatch, dashboard_output, page="Alerts")
     no_traceback(at)
-    alerts = sql(dashboard_output, "SELECT window_start, keyword, kind, zscore FROM alerts_unique "
-                                   "ORDER BY window_start DESC, keyword, kind")
-    assert len(at.expander) == len(alerts) > 0
-    start, keyword, kind, zscore = alerts[0]
-    assert at.expander[0].label.startswith(f"{start:%Y-%m-%d %H:%M} · {keyword} · {kind} · z = {zscore:.1f}")
-    link = at.expander[0].markdown[0].value
+    incidents = sql(dashboard_output, "SELECT incident_id, keyword, started_at, alerts FROM incidents "
+                                      "ORDER BY started_at DESC, keyword")
+    [(alerts,)] = sql(dashboard_output, "SELECT count(*) FROM alerts_unique")
+    assert len(at.expander) == len(incidents) > 0
+    assert sum(n for *_, n in incidents) >= alerts  # every alert is in an incident ('*' echoes in each)
+    incident_id, keyword, started, size = incidents[-1 if incidents[0][1] == "*" else 0]
+    shown = next(e for e in at.expander if e.label.startswith(f"{started:%Y-%m-%d %H:%M}"))
+    assert md(keyword) in shown.label and f"{size} alerts" in shown.label
+    link = shown.markdown[0].value
     assert "page=Posts" in link and f"keyword={urllib.parse.quote(keyword)}" in link
-    samples = at.expander[0].dataframe[0].value
-    [(ids,)] = sql(dashboard_output, f"SELECT sample_post_ids FROM alerts_unique WHERE keyword = '{keyword}' "
-                                     f"AND kind = '{kind}' AND window_start = '{start.isoformat()}'")
-    assert sorted(samples["post_id"]) == sorted(ids)
+    members, drivers, _examples, samples = (d.value for d in shown.dataframe)
+    assert len(members) == size
+    ids = sql(dashboard_output, f"SELECT sample_post_ids FROM incident_alerts WHERE incident_id = '{incident_id}'")
+    assert sorted(samples["post_id"]) == sorted({i for (row,) in ids for i in row})
+    assert list(drivers.columns) == ["term", "term_kind", "window_posts", "baseline_posts", "log_odds", "zscore"]
+    assert list(drivers["zscore"]) == sorted(drivers["zscore"], reverse=True) and len(drivers) == 10
 
 
 def test_posts_of_a_window_are_searchable(monkeypatch, dashboard_output):

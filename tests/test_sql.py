@@ -157,7 +157,7 @@ def output_dir(tmp_path_factory):
 
 VIEWS = ("scored_posts_unique", "review_queue_unique", "dead_letters_unique", "sentiment_windows_latest",
          "alerts_unique", "sentiment_windows_final", "labels_latest", "label_agreement", "job_balance",
-         "labels_resolved", "model_accuracy")
+         "labels_resolved", "model_accuracy", "post_terms", "incident_alerts", "incidents")
 
 
 def run(output_dir, name, settings=None, **params):
@@ -265,7 +265,7 @@ def test_window_consistency_finds_only_the_disagreeing_window(output_dir):
 
 def test_every_query_file_is_covered_and_renders_for_both_dialects():
     covered = {"negative_share_hourly", "top_negative_posts", "alert_history", "model_confidence",
-               "keyword_summary", "dead_letters_by_reason", "window_consistency"}
+               "keyword_summary", "dead_letters_by_reason", "window_consistency", "drivers"}
     assert set(sqlfiles.query_names()) == covered
     for name in covered:
         bq = sqlfiles.load_query(name).render("bigquery", "my-proj:pulse")
