@@ -105,8 +105,9 @@ def summary_main(argv: Sequence[str] | None = None, out: TextIO | None = None) -
     _add_job_settings(parser)
     args = parser.parse_args(argv)
     try:
-        text, skipped = duckdb_sql.with_connection(args.output, lambda con: summary_text(con, args.output),
-                                                   settings=_settings(args))
+        settings = _settings(args)
+        text, skipped = duckdb_sql.with_connection(
+            args.output, lambda con: summary_text(con, args.output, settings.window_size), settings=settings)
     except (duckdb_sql.OutputNotFound, sqlfiles.SqlError) as e:
         return _fail(f"pulse summary: {e}", 2)
     except duckdb.Error as e:
@@ -117,12 +118,17 @@ def summary_main(argv: Sequence[str] | None = None, out: TextIO | None = None) -
     return 0
 
 
-def summary_text(con: duckdb.DuckDBPyConnection, output_dir: str) -> str:
-    """The readable summary: per keyword posts / % negative / alerts, totals, dead letters
-    (all read through the de-duplicating views)."""
-    def run(name):
+# Drivers compare a window with the baseline its alerts were judged against: the job's default
+# --alert_baseline_windows windows before it.
+BASELINE_WINDOWS = 30
+
+
+def summary_text(con: duckdb.DuckDBPyConnection, output_dir: str, window_size: int = 60) -> str:
+    """The readable summary: per keyword posts / % negative / alerts, totals, dead letters, and
+    the incidents with their drivers (all read through the de-duplicating views)."""
+    def run(name, params=None):
         q = sqlfiles.load_query(name)
-        cur = con.execute(q.render("duckdb"), q.bind()) if q.params else con.execute(q.render("duckdb"))
+        cur = con.execute(q.render("duckdb"), q.bind(params)) if q.params else con.execute(q.render("duckdb"))
         return [d[0] for d in cur.description], cur.fetchall()
 
     _, keywords = run("keyword_summary")
@@ -147,7 +153,32 @@ def summary_text(con: duckdb.DuckDBPyConnection, output_dir: str) -> str:
     if dead:
         lines += ["  " + line for line in format_table(
             ("stage", "reason", "messages"), [row[:3] for row in dead]).splitlines()]
+    lines += incident_lines(con, run, window_size)
     return "\n".join(lines) + "\n"
+
+
+def incident_lines(con: duckdb.DuckDBPyConnection, run, window_size: int, drivers: int = 5) -> list[str]:
+    """Each incident (view incidents: a keyword's consecutive alerts with their '*' echoes), the
+    latest first: its time span with the date, kinds, peak and size, and the terms that set it
+    apart from the keyword's baseline (sql/queries/drivers.sql), with the posts holding each."""
+    incidents = con.execute("SELECT keyword, started_at, ended_at, kinds, peak_zscore, peak_at, alerts, status "
+                            "FROM incidents ORDER BY started_at DESC, keyword").fetchall()
+    if not incidents:
+        return ["", "incidents: none (no alerts)"]
+    baseline = BASELINE_WINDOWS * window_size
+    lines = ["", f"incidents: {len(incidents)} (consecutive alerts of a keyword with their '*' echoes), "
+                 "the latest first; drivers: terms that set the incident apart from the keyword's "
+                 f"{baseline // 60} minutes before (posts holding each: in the incident vs before)"]
+    for keyword, started, ended, kinds, peak, peak_at, alerts, status in incidents:
+        start, end = (t.astimezone(dt.timezone.utc) for t in (started, ended))
+        peak_at = peak_at.astimezone(dt.timezone.utc)
+        lines.append(f"  {visible(keyword)}  {start:%Y-%m-%d %H:%M}-{end:%H:%M} UTC  {kinds}  peak z {peak:.1f} at "
+                     f"{peak_at:%H:%M}  {alerts} alert{'s' if alerts != 1 else ''}  {status}")
+        _, found = run("drivers", {"keyword": keyword, "window_start": start, "window_end": end,
+                                   "baseline_seconds": baseline, "limit": drivers})
+        terms = ", ".join(f"{visible(term)} ({inside} vs {before})" for term, _kind, inside, before, *_ in found)
+        lines.append(f"    drivers: {terms or 'no terms'}")
+    return lines
 
 
 def print_query_list(out: TextIO) -> None:

@@ -174,3 +174,18 @@ def test_bigquery_gives_the_same_drivers_and_incidents(bq_emulator, themed_outpu
             ids = got["incident_id"].tolist()
             assert normal(data.incident_alerts(bq, ids)) == normal(data.incident_alerts(local, ids))
         local.close()
+
+
+def test_pulse_summary_lists_incidents_with_their_drivers(themed_output, capsys):
+    import io
+
+    from pipelines import sql_cli
+
+    out = io.StringIO()
+    assert sql_cli.summary_main(["--output", themed_output], out=out) == 0
+    lines = out.getvalue().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("incidents: 1 "))
+    assert lines[at + 1].split() == ["acme", "2024-05-01", "12:30-12:31", "UTC", "negative_surge", "peak", "z", "3.5",
+                                     "at", "12:30", "1", "alert", "open"]
+    drivers = lines[at + 2].removeprefix("    drivers: ").split(", ")
+    assert {d.split(" (")[0] for d in drivers} == set(PLANTED) and "luggage (8 vs 0)" in drivers

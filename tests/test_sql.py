@@ -364,12 +364,14 @@ def test_pulse_summary(output_dir, capsys):
     status, out, _ = cli(sql_cli.summary_main, ["--output", output_dir], capsys)
     assert status == 0
     lines = out.splitlines()
-    table = {line.split()[0]: line.split() for line in lines if line.split()[:1] in (["acme"], ["globex"], ["TOTAL"])}
+    keyword_table = out.split("\nwindows (final panes)")[0].splitlines()  # (incident lines follow)
+    table = {line.split()[0]: line.split() for line in keyword_table if line.split()[:1] in (["acme"], ["globex"], ["TOTAL"])}
     assert table["acme"] == ["acme", "6", "66.7%", "-0.267", "2", "2"]
     assert table["globex"] == ["globex", "2", "0.0%", "+0.750", "0", "0"]
     assert table["TOTAL"] == ["TOTAL", "8", "50.0%", "2", "2"]
     assert f"windows (final panes): {len(WINDOW_KEYS)}" in out
     assert "dead letters: 3" in out
+    assert "incidents: 2 " in out and "  acme  2024-05-01 11:05-11:06 UTC  volume_spike  peak z 3.5 at 11:05" in out
     assert any(line.split() == ["parse", "invalid_json", "2"] for line in lines)
 
 
@@ -653,6 +655,8 @@ def every_query_answer(output_dir):
     answers = {}
     for name in sqlfiles.query_names():
         params = {"window_start": ts(10, 0), "window_end": ts(12, 0)} if name == "top_negative_posts" else {}
+        if name == "drivers":
+            params = {"keyword": "acme", "window_start": ts(11, 0), "window_end": ts(12, 0)}
         answers[name] = run(output_dir, name, **params)
     con = duckdb_sql.connect(output_dir)
     answers["summary"] = sql_cli.summary_text(con, "OUT")
