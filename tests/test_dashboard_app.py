@@ -131,8 +131,8 @@ def test_health_shows_the_stored_rows_dead_letters_and_drift(monkeypatch, dashbo
 def test_a_missing_output_is_one_line_on_the_page(monkeypatch, tmp_path):
     at = app(monkeypatch, str(tmp_path / "nowhere"))
     no_traceback(at)
-    assert [e.value for e in at.error] == [f"no output directory '{tmp_path / 'nowhere'}': run the job first "
-                                           f"(pulse run --output {tmp_path / 'nowhere'})"]
+    assert [e.value for e in at.error] == [md(f"no output directory '{tmp_path / 'nowhere'}': run the job first "
+                                              f"(pulse run --output {tmp_path / 'nowhere'})")]
 
 
 def test_an_empty_output_says_so_and_renders(monkeypatch, tmp_path):
@@ -150,7 +150,7 @@ def test_a_corrupt_parquet_file_is_skipped_with_a_warning(monkeypatch, fresh_das
     for page in ("Overview", "Posts", "Health"):
         at = app(monkeypatch, fresh_dashboard_output, page=page)
         no_traceback(at)
-        assert any("999999-p0-broken.parquet" in w.value for w in at.warning), page
+        assert any(md("999999-p0-broken.parquet") in w.value for w in at.warning), page
     assert metric_values(at)["Scored posts stored"] != "0"
 
 
