@@ -29,7 +29,7 @@ from connectors.labels import check_reviewer
 from dashboard import data
 from dashboard.safe_text import decoded, md
 
-PAGES = ("Overview", "Alerts", "Posts", "Health", "Accuracy", "Review")
+PAGES = ("Overview", "Alerts", "Compare", "Posts", "Health", "Accuracy", "Review")
 ALL = "*"
 SHORTCUTS = {"negative": "1", "neutral": "2", "positive": "3", "skip": "S"}
 
@@ -273,20 +273,122 @@ def _time_columns(frame: pd.DataFrame) -> dict:
             for c in frame.columns if pd.api.types.is_datetime64_any_dtype(frame[c])}
 
 
+PERIODS = {"15": "the last 15 minutes", "30": "the last 30 minutes", "60": "the last hour",
+           "all": "the whole range"}
+
+
+def compare_page(source: data.Source, span) -> None:
+    """Keywords (brands) side by side: share of voice, negative share and net sentiment in a
+    period against the period of the same length before it, a ranking now, and each over time."""
+    st.header("Compare")
+    if span is None:
+        st.info("No windows yet.")
+        return
+    keys = list(PERIODS)
+    chosen = st.query_params.get("period", "15")
+    period = st.radio("Period", keys, index=keys.index(chosen) if chosen in keys else 0, horizontal=True,
+                      format_func=PERIODS.get)
+    _remember({"period": None if period == "15" else period}, ("period",))
+    end = span[1]
+    start = span[0] if period == "all" else max(span[0], end - dt.timedelta(minutes=int(period)))
+    table = data.compare(source, start, end)
+    if table.empty:
+        st.info("No keyword has posts in this period.")
+        return
+    before = start - (end - start)
+    st.subheader(f"Ranking now: {start:%Y-%m-%d %H:%M}–{end:%H:%M} UTC, against {before:%H:%M}–{start:%H:%M}")
+    st.caption("net sentiment = (positive - negative) / labelled posts; share of voice = the keyword's posts / all "
+               "keywords' posts; negative share = negative / labelled posts; *_before: the period of the same "
+               "length before; *_change: now minus before. Ranked by net sentiment, best first.")
+    few = table[table["labelled"] < 20]
+    if not few.empty:
+        st.caption(f"{len(few)} keyword(s) with fewer than 20 labelled posts now: their shares are rough.")
+    percent = {c: st.column_config.NumberColumn(c, format="percent") for c in table.columns
+               if c.startswith(("share_of_voice", "negative_share"))}
+    signed = {c: st.column_config.NumberColumn(c, format="%+.3f") for c in table.columns
+              if c.startswith("net_sentiment")}
+    st.dataframe(table, hide_index=True, use_container_width=True, column_config={**percent, **signed})
+    over_time = data.compare_over_time(source, before if period != "all" else start, end)
+    if over_time.empty:
+        return
+    over_time["window_start"] = pd.to_datetime(over_time["window_start"], utc=True)
+    x = alt.X("window_start:T", title="window (UTC)", axis=alt.Axis(format="%m-%d %H:%M"))
+    for metric, title, fmt in (("net_sentiment", "net sentiment", "+.2f"), ("negative_share", "negative share", "%"),
+                               ("share_of_voice", "share of voice", "%")):
+        st.subheader(f"{title.capitalize()} per window (the period before: left of the rule)")
+        chart = alt.Chart(over_time).mark_line(point=True).encode(
+            x=x, y=alt.Y(f"{metric}:Q", title=title, axis=alt.Axis(format=fmt)), color=alt.Color("keyword:N"),
+            tooltip=[alt.Tooltip("window_start:T", format="%Y-%m-%d %H:%M"), "keyword:N", "posts:Q",
+                     alt.Tooltip(f"{metric}:Q", format=".3f")])
+        rule = alt.Chart(pd.DataFrame({"t": [pd.Timestamp(start)]})).mark_rule(strokeDash=[4, 3]).encode(x="t:T")
+        st.altair_chart(alt.layer(chart, rule).properties(height=200), use_container_width=True)
+
+
+PAGE_SIZE = 100
+_LABELS = ["*", "negative", "neutral", "positive", "none"]
+_REVIEWED = ["*", "yes", "no"]
+
+
+def _param_float(name: str, default: float, low: float, high: float) -> float:
+    try:
+        return min(max(float(st.query_params.get(name, default)), low), high)
+    except (TypeError, ValueError):
+        return default
+
+
 def posts_page(source: data.Source, keyword: str, lang: str, span) -> None:
+    """Every post of the range, newest first, a page at a time; filters by text, label,
+    confidence, score and review; the text as written (entities decoded); the reviewers'
+    labels beside the model's. The filters live in the address, so a filtered view has a URL."""
     st.header("Posts")
     if span is None:
         st.info("No posts yet.")
         return
-    search = st.text_input("Search the text", value=st.query_params.get("search", ""))
-    frame = data.posts(source, keyword, lang, span[0], span[1], search)
-    unlabelled = int(frame["skip_reason"].notna().sum()) if "skip_reason" in frame else 0
-    st.caption(f"{len(frame)} posts{' (first 1,000)' if len(frame) == 1000 else ''}, "
-               f"{span[0]:%Y-%m-%d %H:%M} to {span[1]:%H:%M} UTC"
-               + (f"; {unlabelled} without a label (skip_reason says why)" if unlabelled else ""))
-    st.dataframe(frame, hide_index=True, use_container_width=True,
+    params = st.query_params
+    search = st.text_input("Search the text", value=params.get("search", ""))
+    cols = st.columns(4)
+    label = cols[0].selectbox("Model label", _LABELS, format_func=lambda v: "any" if v == "*" else v,
+                              index=_LABELS.index(params.get("label", "*")) if params.get("label") in _LABELS else 0)
+    confidence = cols[1].slider("Confidence", 0.0, 1.0, (_param_float("min_confidence", 0.0, 0.0, 1.0),
+                                                         _param_float("max_confidence", 1.0, 0.0, 1.0)), step=0.05)
+    score = cols[2].slider("Score", -1.0, 1.0, (_param_float("min_score", -1.0, -1.0, 1.0),
+                                                _param_float("max_score", 1.0, -1.0, 1.0)), step=0.05)
+    reviewed = cols[3].selectbox("Reviewed", _REVIEWED, format_func=lambda v: "any" if v == "*" else v,
+                                 index=_REVIEWED.index(params.get("reviewed", "*"))
+                                 if params.get("reviewed") in _REVIEWED else 0)
+    filters = {"label": label, "min_confidence": confidence[0], "max_confidence": confidence[1],
+               "min_score": score[0], "max_score": score[1], "reviewed": reviewed}
+    total = data.posts_count(source, keyword, lang, span[0], span[1], search, **filters)
+    pages = max(1, -(-total // PAGE_SIZE))
+    try:
+        wanted = min(max(int(params.get("p", 1)), 1), pages)
+    except ValueError:
+        wanted = 1
+    page = st.number_input(f"Page (of {pages:,})", min_value=1, max_value=pages, value=wanted, step=1)
+    _remember({"search": search or None, **{k: v for k, v in filters.items() if v != data.POST_FILTERS[k]},
+               "p": page if page > 1 else None}, ("search", *data.POST_FILTERS, "p"))
+    frame = data.posts(source, keyword, lang, span[0], span[1], search, limit=PAGE_SIZE,
+                       offset=(page - 1) * PAGE_SIZE, **filters)
+    first = (page - 1) * PAGE_SIZE + 1 if total else 0
+    st.caption(f"posts {first:,}–{first + len(frame) - 1 if total else 0:,} of {total:,} (newest first), "
+               f"created {span[0]:%Y-%m-%d %H:%M} to {span[1]:%Y-%m-%d %H:%M} UTC; reviewer_labels: the label each "
+               "reviewer holds now")
+    st.dataframe(_decoded(frame), hide_index=True, use_container_width=True,
                  column_config={"confidence": st.column_config.ProgressColumn("confidence", min_value=0, max_value=1),
-                                "score": st.column_config.NumberColumn("score", format="%.3f")})
+                                "score": st.column_config.NumberColumn("score", format="%.3f"),
+                                "text": st.column_config.TextColumn("text", width="large"),
+                                **_time_columns(frame)})
+
+
+def _remember(values: dict, names) -> None:
+    """Filters into the address (st.query_params): the filtered view has its own URL."""
+    for name in names:
+        value = values.get(name)
+        if value is None:
+            if name in st.query_params:
+                del st.query_params[name]
+        elif st.query_params.get(name) != str(value):
+            st.query_params[name] = str(value)
 
 
 def health_page(source: data.Source, span) -> None:
@@ -528,6 +630,8 @@ def main() -> None:
                 overview(source, keyword, lang, span)
             elif page == "Alerts":
                 alerts_page(source, keyword, span)
+            elif page == "Compare":
+                compare_page(source, span)
             elif page == "Posts":
                 posts_page(source, keyword, lang, span)
             elif page == "Accuracy":

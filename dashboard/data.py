@@ -240,16 +240,34 @@ WHERE post_id IN (SELECT id FROM UNNEST(@post_ids) AS id)
 ORDER BY post_id
 """
 
-POSTS = """
-SELECT created_at, keyword, lang, text, label, skip_reason, score, confidence, model_version, post_id,
-       beyond_lateness
-FROM ${dataset}.scored_posts_unique
-WHERE (@keyword = '*' OR keyword = @keyword) AND (@lang = '*' OR lang = @lang)
-  AND created_at >= @start AND created_at < @end
-  AND (@search = '' OR STRPOS(LOWER(text), LOWER(@search)) > 0)
-ORDER BY created_at
-LIMIT 1000
+# The Posts page: newest first, filtered, one page at a time; each post with the labels its
+# reviewers hold now (labels_latest, skips included) beside the model's.
+_POSTS_FROM = """
+FROM ${dataset}.scored_posts_unique AS p
+LEFT JOIN (
+  SELECT post_id, keyword, STRING_AGG(CONCAT(reviewer, ': ', label), '; ' ORDER BY reviewer) AS reviewer_labels
+  FROM ${dataset}.labels_latest
+  GROUP BY post_id, keyword
+) AS r ON r.post_id = p.post_id AND r.keyword = p.keyword
+WHERE (@keyword = '*' OR p.keyword = @keyword) AND (@lang = '*' OR p.lang = @lang)
+  AND p.created_at >= @start AND p.created_at < @end
+  AND (@search = '' OR STRPOS(LOWER(p.text), LOWER(@search)) > 0)
+  AND (@label = '*' OR IFNULL(p.label, 'none') = @label)
+  AND ((@min_confidence <= 0.0 AND @max_confidence >= 1.0)
+       OR p.confidence BETWEEN @min_confidence AND @max_confidence)
+  AND ((@min_score <= -1.0 AND @max_score >= 1.0) OR p.score BETWEEN @min_score AND @max_score)
+  AND (@reviewed = '*' OR (@reviewed = 'yes') = (r.post_id IS NOT NULL))
 """
+
+POSTS = """
+SELECT p.created_at, p.keyword, p.lang, p.text, p.label, r.reviewer_labels, p.score, p.confidence, p.skip_reason,
+       p.model_version, p.post_id, p.beyond_lateness
+""" + _POSTS_FROM + """
+ORDER BY p.created_at DESC, p.post_id, p.keyword
+LIMIT @limit OFFSET @offset
+"""
+
+POSTS_COUNT = "SELECT COUNT(*) AS posts" + _POSTS_FROM
 
 DEAD_LETTERS = """
 SELECT TIMESTAMP_SECONDS(UNIX_SECONDS(received_at) - MOD(UNIX_SECONDS(received_at), 60)) AS minute,
@@ -365,16 +383,93 @@ def driver_examples(source: Source, keyword: str, start: dt.datetime, end: dt.da
                                           "per_term": per_term})
 
 
+# The Compare page: each keyword in [start, end) ('now') and in the period of the same length
+# before it ('before'), from the latest pane of each window (lang '*').
+COMPARE = """
+WITH periods AS (
+  SELECT keyword, IF(window_start >= @start, 'now', 'before') AS period,
+    SUM(posts) AS posts, SUM(negative) AS negative, SUM(positive) AS positive,
+    SUM(posts - IFNULL(unsupported, 0)) AS labelled
+  FROM ${dataset}.sentiment_windows_latest
+  WHERE keyword != '*' AND lang = '*' AND window_start >= @previous_start AND window_start < @end
+  GROUP BY keyword, period
+),
+totals AS (
+  SELECT period, SUM(posts) AS all_posts FROM periods GROUP BY period
+)
+SELECT p.keyword, p.period, p.posts, p.labelled, SAFE_DIVIDE(p.posts, t.all_posts) AS share_of_voice,
+  SAFE_DIVIDE(p.negative, p.labelled) AS negative_share,
+  SAFE_DIVIDE(p.positive - p.negative, p.labelled) AS net_sentiment
+FROM periods AS p JOIN totals AS t ON t.period = p.period
+ORDER BY p.keyword, p.period
+"""
+
+COMPARE_OVER_TIME = """
+SELECT window_start, keyword, posts, SAFE_DIVIDE(negative, posts - IFNULL(unsupported, 0)) AS negative_share,
+  SAFE_DIVIDE(positive - negative, posts - IFNULL(unsupported, 0)) AS net_sentiment,
+  SAFE_DIVIDE(posts, SUM(posts) OVER (PARTITION BY window_start)) AS share_of_voice
+FROM ${dataset}.sentiment_windows_latest
+WHERE keyword != '*' AND lang = '*' AND window_start >= @start AND window_start < @end
+ORDER BY window_start, keyword
+"""
+
+COMPARED = ("share_of_voice", "negative_share", "net_sentiment")
+
+
+def compare(source: Source, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
+    """One row per keyword: posts, share of voice, negative share and net sentiment
+    ((positive - negative) / labelled) in [start, end) and in the period of the same length before,
+    with the changes; ranked by net sentiment now (best first; ties by share of voice)."""
+    previous_start = start - (end - start)
+    rows = source.frame(COMPARE, {"start": start, "end": end, "previous_start": previous_start})
+    columns = ["rank", "keyword", "posts", "labelled"] + [f"{m}{s}" for m in COMPARED
+                                                         for s in ("", "_before", "_change")]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    now = rows[rows["period"] == "now"].set_index("keyword")
+    before = rows[rows["period"] == "before"].set_index("keyword")
+    out = pd.DataFrame(index=sorted(set(now.index) | set(before.index)))
+    out["posts"] = now["posts"].reindex(out.index).fillna(0).astype(int)
+    out["labelled"] = now["labelled"].reindex(out.index).fillna(0).astype(int)
+    for metric in COMPARED:
+        out[metric] = now[metric].reindex(out.index).astype(float)
+        out[f"{metric}_before"] = before[metric].reindex(out.index).astype(float)
+        out[f"{metric}_change"] = out[metric] - out[f"{metric}_before"]
+    out = out.rename_axis("keyword").reset_index()
+    out = out.sort_values(["net_sentiment", "share_of_voice", "keyword"], ascending=[False, False, True],
+                          na_position="last").reset_index(drop=True)
+    out.insert(0, "rank", range(1, len(out) + 1))
+    return out[columns]
+
+
+def compare_over_time(source: Source, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
+    return source.frame(COMPARE_OVER_TIME, {"start": start, "end": end})
+
+
 def posts_by_id(source: Source, post_ids: list[str]) -> pd.DataFrame:
     if not post_ids:
         return pd.DataFrame(columns=["post_id", "keyword", "text", "label", "score", "confidence"])
     return source.frame(POSTS_BY_ID, {"post_ids": list(post_ids)})
 
 
+POST_FILTERS = {"search": "", "label": "*", "min_confidence": 0.0, "max_confidence": 1.0, "min_score": -1.0,
+                "max_score": 1.0, "reviewed": "*"}
+
+
 def posts(source: Source, keyword: str, lang: str, start: dt.datetime, end: dt.datetime,
-          search: str = "") -> pd.DataFrame:
-    return source.frame(POSTS, {"keyword": keyword, "lang": lang, "start": start, "end": end,
-                                "search": search or ""})
+          search: str = "", limit: int = 1000, offset: int = 0, **filters) -> pd.DataFrame:
+    """The posts of [start, end), newest first, `limit` from `offset`, narrowed by POST_FILTERS
+    (label '*' = any, 'none' = no label; reviewed '*', 'yes' or 'no')."""
+    params = {**POST_FILTERS, **filters, "keyword": keyword, "lang": lang, "start": start, "end": end,
+              "search": search or "", "limit": int(limit), "offset": int(offset)}
+    return source.frame(POSTS, params)
+
+
+def posts_count(source: Source, keyword: str, lang: str, start: dt.datetime, end: dt.datetime,
+                search: str = "", **filters) -> int:
+    params = {**POST_FILTERS, **filters, "keyword": keyword, "lang": lang, "start": start, "end": end,
+              "search": search or ""}
+    return int(source.frame(POSTS_COUNT, params).iloc[0]["posts"])
 
 
 def dead_letters(source: Source) -> pd.DataFrame:

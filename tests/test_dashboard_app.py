@@ -206,3 +206,67 @@ def test_the_dashboard_serves_on_the_port_it_prints(address, warned, dashboard_o
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(20)
+
+
+def test_posts_page_pages_through_every_post_newest_first_with_filters_in_the_address(monkeypatch,
+                                                                                      fresh_dashboard_output):
+    out = fresh_dashboard_output
+    [(total, oldest)] = sql(out, "SELECT count(*), min(created_at) FROM scored_posts_unique")
+    desk = data.label_store(data.open_source(out))
+    [row] = data.review_queue(data.open_source(out)).head(1).to_dict("records")
+    assert desk.record(row, "positive", "ana")[0]
+    at = app(monkeypatch, out, page="Posts")
+    no_traceback(at)
+    first = at.dataframe[0].value
+    assert list(first["created_at"]) == sorted(first["created_at"], reverse=True) and len(first) == 100
+    assert f"of {total:,} (newest first)" in at.caption[0].value
+    # The last page holds the oldest post: every row can be reached (the page once stopped at 1,000).
+    pages = -(-total // 100)
+    at.number_input[0].set_value(pages).run()
+    assert at.dataframe[0].value["created_at"].min().to_pydatetime() == oldest
+    assert at.query_params["p"] == [str(pages)] or at.query_params["p"] == str(pages)
+    # Filters narrow the rows and go into the address; the reviewer's label is beside the model's.
+    at.selectbox[1].set_value("yes").run()
+    shown = at.dataframe[0].value
+    assert list(shown["post_id"]) == [row["post_id"]] and list(shown["reviewer_labels"]) == ["ana: positive"]
+    assert "reviewed" in at.query_params
+    at = app(monkeypatch, out, page="Posts", label="negative", min_confidence="0.9")
+    shown = at.dataframe[0].value
+    [(count,)] = sql(out, "SELECT count(*) FROM scored_posts_unique WHERE label = 'negative' AND confidence >= 0.9")
+    assert set(shown["label"]) == {"negative"} and (shown["confidence"] >= 0.9).all()
+    assert f"of {count:,} (newest first)" in at.caption[0].value
+
+
+def test_posts_text_is_shown_decoded(monkeypatch, hostile_dashboard_output):
+    out, ids = hostile_dashboard_output
+    at = app(monkeypatch, out, page="Posts", search="AT&amp;T")
+    assert at.dataframe[0].value["text"].str.contains("AT&T").all() and len(at.dataframe[0].value) == 1
+
+
+def test_compare_ranks_brands_against_their_previous_period(monkeypatch, dashboard_output):
+    at = app(monkeypatch, dashboard_output, page="Compare", period="30")
+    no_traceback(at)
+    table = at.dataframe[0].value
+    [(end,)] = sql(dashboard_output, "SELECT max(window_end) FROM sentiment_windows_latest")
+    import datetime as dt
+
+    end = end + dt.timedelta(seconds=1)
+    start, before = end - dt.timedelta(minutes=30), end - dt.timedelta(minutes=60)
+    expected = {}
+    for label, lo, hi in (("now", start, end), ("before", before, start)):
+        rows = sql(dashboard_output, f"""
+            SELECT keyword, sum(posts), sum(negative), sum(positive), sum(posts - coalesce(unsupported, 0))
+            FROM sentiment_windows_latest WHERE keyword != '*' AND lang = '*'
+              AND window_start >= '{lo.isoformat()}' AND window_start < '{hi.isoformat()}' GROUP BY keyword""")
+        total = sum(r[1] for r in rows)
+        expected[label] = {k: (p / total, n / lab, (pos - n) / lab) for k, p, n, pos, lab in rows}
+    assert sorted(table["keyword"]) == sorted(expected["now"])
+    for row in table.to_dict("records"):
+        sov, neg, net = expected["now"][row["keyword"]]
+        sov_b, neg_b, net_b = expected["before"][row["keyword"]]
+        assert (row["share_of_voice"], row["negative_share"], row["net_sentiment"]) == pytest.approx((sov, neg, net))
+        assert row["negative_share_change"] == pytest.approx(neg - neg_b)
+        assert row["net_sentiment_before"] == pytest.approx(net_b)
+    assert list(table["net_sentiment"]) == sorted(table["net_sentiment"], reverse=True)
+    assert list(table["rank"]) == list(range(1, len(table) + 1))
+    assert "Ranking now" in at.subheader[0].value
