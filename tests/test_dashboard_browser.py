@@ -240,7 +240,7 @@ def test_hostile_posts_render_nothing_and_fetch_nothing(hostile_dashboard, loggi
     for summary in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stExpander"] summary'):
         browser.execute_script("arguments[0].click()", summary)
     wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '[data-testid="stExpander"] [data-testid="stDataFrame"]'))
-    assert "evil.example/k.png" in browser.find_element(By.TAG_NAME, "body").text  # the keyword, as text
+    wait_for(browser, lambda d: "evil.example/k.png" in d.find_element(By.TAG_NAME, "body").text)  # as text
     assert browser.execute_script(RENDERED_ATTACK) == []
 
     for page in ("Posts", "Overview"):
