@@ -30,7 +30,6 @@ COPY pipelines/ pipelines/
 COPY transforms/ transforms/
 COPY connectors/ connectors/
 COPY models/ models/
-COPY sql/ sql/
 COPY dashboard/ dashboard/
 
 # TensorFlow with its CUDA/cuDNN wheels ("and-cuda") at the pinned version; everything else

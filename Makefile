@@ -35,9 +35,9 @@ $(VENV)/.stamp: requirements.lock setup.py
 
 setup: $(VENV)/.stamp
 
-$(DATA)/.stamp: $(VENV)/.stamp models/data.py connectors/sample_stream.py
+$(DATA)/.stamp: $(VENV)/.stamp models/data.py connectors/sources/sample_stream.py
 	$(PY) -m models.data fetch --dest $(DATA)
-	$(PY) -m connectors.sample_stream --data $(DATA) --out $(DATA)/sample_stream.jsonl
+	$(PY) -m connectors.sources.sample_stream --data $(DATA) --out $(DATA)/sample_stream.jsonl
 	touch $@
 
 data: $(DATA)/.stamp
@@ -46,7 +46,7 @@ train: $(DATA)/.stamp
 	$(PY) -m models.train --data $(DATA) --out models/bundled
 
 # A challenger trained on the corpora plus the review desk's labels of OUT, promoted in the
-# model registry REGISTRY (a directory or gs://...) only when measurably better (README, Retraining).
+# model registry REGISTRY (a directory or gs://...) only when measurably better (docs/models.md, Retraining).
 retrain: $(DATA)/.stamp
 	$(VENV)/bin/pulse retrain --output $(OUT) --registry $(REGISTRY) --data $(DATA)
 

@@ -6,7 +6,7 @@ test-only pins there are left out of install_requires.
 """
 import pathlib
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 HERE = pathlib.Path(__file__).parent
 TEST_ONLY = {"pytest", "pytest-timeout", "bqemulator", "testcontainers", "hypothesis", "selenium"}
@@ -26,8 +26,10 @@ setup(
     version="0.1.0",
     description="Real-time customer sentiment: Pub/Sub -> Beam RunInference -> BigQuery/Parquet",
     python_requires=">=3.11,<3.12",
-    packages=["pipelines", "transforms", "connectors", "models", "sql", "dashboard"],
-    package_data={"models": ["bundled/*", "bundled/*/*", "bundled/*/*/*"], "sql": ["*.sql", "queries/*.sql"]},
+    packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*", "connectors",
+                                    "connectors.*", "models", "models.*", "dashboard", "dashboard.*"]),
+    package_data={"models": ["bundled/*", "bundled/*/*", "bundled/*/*/*"],
+                  "connectors.query": ["*.sql", "queries/*.sql"]},
     install_requires=requirements(),
     entry_points={"console_scripts": ["pulse = pipelines.cli:main"]},
 )

@@ -50,7 +50,7 @@ id % 5 == 0 reserved; the other corpora a seeded stratified 10 %):
    only, of the bundled model, VADER and the English-trained heads (zero-shot cross-lingual);
 6. whether USE could be served as a SavedModel without tensorflow-text (see `savedmodel_check`).
 
-No figure here is asserted; the README section "Candidate default models" holds one run's table.
+No figure here is asserted; the section "Candidate default models" of bench/README.md holds one run's table.
 """
 from __future__ import annotations
 

@@ -13,11 +13,11 @@ run. For each offered rate R:
    children, /proc) is sampled every 5 s;
 2. the bench waits until the job is actually reading: it publishes 20 warm-up posts (keyword
    `warmup`) and waits until all of them are in scored_posts' finished Parquet files;
-3. synthetic posts (connectors.publisher.synthetic_posts, as `pulse publish --synthetic`;
+3. synthetic posts (connectors.feeds.publisher.synthetic_posts, as `pulse publish --synthetic`;
    created_at = the moment each is published) are published at R msg/s for M minutes from
-   a thread through connectors.publisher.Publisher, recording each message's publish time;
+   a thread through connectors.feeds.publisher.Publisher, recording each message's publish time;
 4. then SIGINT: the job stops pulling, finishes what it read, writes, acknowledges and exits
-   (killed after --drain-timeout); what it wrote is read with DuckDB (connectors/duckdb_sql.py).
+   (killed after --drain-timeout); what it wrote is read with DuckDB (connectors/query/duckdb_sql.py).
 
 Finally the model alone is timed (posts/s of the job's model through the same model handler,
 models.handlers.create_model_handler, at the job's batch size, with bench/run_all.py's
@@ -64,7 +64,7 @@ import traceback
 import uuid
 from typing import Iterable, NamedTuple, Sequence
 
-from pipelines.publish import OneLineParser, UsageError
+from pipelines.cli.publish import OneLineParser, UsageError
 
 PROG = "bench.live"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,7 +79,7 @@ PROGRESS_EVERY_S = 12.0
 # the bench waits a little longer before it kills the job.
 DEFAULT_DRAIN_TIMEOUT_S = 420.0
 # The job's Pub/Sub read on the DirectRunner hands over bundles of up to 500 messages
-# (connectors/pubsub_direct.MAX_MESSAGES) and Beam's BatchElements batches within a bundle,
+# (connectors/sources/pubsub_direct.MAX_MESSAGES) and Beam's BatchElements batches within a bundle,
 # adapting its size up to that: the model alone is timed at this batch unless the job is
 # given --max_batch_size.
 DEFAULT_JOB_BATCH = 500
@@ -299,7 +299,7 @@ class ScoredCounter:
         """-> (measured posts, warm-up posts) written so far."""
         import pyarrow.parquet as pq
 
-        from connectors.duckdb_sql import table_files
+        from connectors.query.duckdb_sql import table_files
 
         for path in table_files(self.output_dir, "scored_posts"):
             if path in self._seen:
@@ -329,8 +329,8 @@ class PacedPosts:
         self.stop = threading.Event()
 
     def __iter__(self):
-        from connectors.publisher import Pacer, post_message, synthetic_posts
-        from connectors.rate_limit import SystemClock
+        from connectors.feeds.publisher import Pacer, post_message, synthetic_posts
+        from connectors.feeds.rate_limit import SystemClock
 
         pacer = Pacer(self.rate, SystemClock(self.stop))
         posts = synthetic_posts(10 ** 15, keywords=self.keywords, seed=self.seed)
@@ -352,7 +352,7 @@ class PacedPosts:
 
 
 def warmup_messages(n: int = WARMUP_POSTS):
-    from connectors.publisher import post_message, synthetic_posts
+    from connectors.feeds.publisher import post_message, synthetic_posts
     return [post_message(p) for p in synthetic_posts(n, keywords=(WARMUP_KEYWORD,), seed=1,
                                                      id_start=WARMUP_ID_START)]
 
@@ -454,7 +454,7 @@ FROM first_pane
 
 def pane_latencies(con, exclude: Sequence[str] = (WARMUP_KEYWORD,)) -> tuple[list[float], int]:
     """(latency in seconds of each post that reached a pane, posts that reached none): see the
-    module docstring for the definition. `con`: connectors.duckdb_sql.connect(output_dir)."""
+    module docstring for the definition. `con`: connectors.query.duckdb_sql.connect(output_dir)."""
     where, params = _exclude_clause(exclude)
     rows = con.execute(LATENCY_SQL.format(where=where), params).fetchall()
     if not rows:
@@ -577,7 +577,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 def run_rate(args: argparse.Namespace, rate: float, workdir: str, env: dict) -> RateResult:
     """One offered rate: job up, warm-up, publish for M minutes, drain, read the tables."""
-    from connectors.publisher import Publisher
+    from connectors.feeds.publisher import Publisher
 
     tag = f"r{rate:g}".replace(".", "_")
     rate_dir = os.path.join(workdir, tag)
@@ -715,7 +715,7 @@ def run_rate(args: argparse.Namespace, rate: float, workdir: str, env: dict) -> 
 
 def analyse(result: RateResult, published_times: Sequence[float]) -> None:
     """Read the job's tables (DuckDB) into result's figures."""
-    from connectors.duckdb_sql import connect
+    from connectors.query.duckdb_sql import connect
 
     con = connect(result.output_dir)
     try:
@@ -741,7 +741,7 @@ def model_alone(job_args: Sequence[str], batch: int, posts: int = 4096) -> tuple
     (bench/run_all.time_batches: one untimed warm-up batch, then every batch timed)."""
     import models  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
     from bench.run_all import bundled_model_dir, time_batches
-    from connectors.publisher import synthetic_posts
+    from connectors.feeds.publisher import synthetic_posts
     from models.handlers import create_model_handler
     from models.textnorm import normalize
 

@@ -6,8 +6,8 @@
 One Pub/Sub emulator; a backlog of N synthetic posts is drained three ways, each timed from
 its first message to its last (start-up left out):
 
-1. trivial: the job's Pub/Sub read (connectors/pubsub_direct.py) -> one Map, on the
-   BundleBasedDirectRunner with the job's runner fixes (pipelines/direct_runner_*.py): the
+1. trivial: the job's Pub/Sub read (connectors/sources/pubsub_direct.py) -> one Map, on the
+   BundleBasedDirectRunner with the job's runner fixes (pipelines/direct_runner/): the
    runner and the read alone (timed from the first message pulled to the last acknowledged);
 2. the job: `pulse run` on the same backlog (rate from scored_posts' processed_at);
 3. Beam's other local runner: the portable runner against Beam's local job service
@@ -38,7 +38,7 @@ PROBE_TIMEOUT_S = 120
 
 
 def publish_backlog(topic: str, n: int) -> None:
-    from connectors.publisher import Publisher, post_message, synthetic_posts
+    from connectors.feeds.publisher import Publisher, post_message, synthetic_posts
     Publisher(topic, max_latency_s=0.01).publish(map(post_message, synthetic_posts(n, seed=1)), total=n)
 
 
@@ -48,8 +48,8 @@ def trivial_direct(subscription: str, n: int) -> float:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-    from connectors import pubsub_direct
-    from pipelines.sentiment_pipeline import install_direct_runner_fixes
+    from connectors.sources import pubsub_direct
+    from pipelines.direct_runner import install_direct_runner_fixes
 
     install_direct_runner_fixes()
     reader_id = uuid.uuid4().hex

@@ -24,8 +24,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from connectors import sqlfiles
-from connectors.labels import check_reviewer
+from connectors.query import sqlfiles
+from connectors.sinks.labels import check_reviewer
 from dashboard import data
 from dashboard.safe_text import decoded, md
 

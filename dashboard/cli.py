@@ -21,7 +21,7 @@ import socket
 import sys
 from typing import Sequence
 
-from connectors import sqlfiles
+from connectors.query import sqlfiles
 from pipelines.options import output_kind
 
 APP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "app.py")
@@ -108,7 +108,7 @@ def check(args: argparse.Namespace) -> str | None:
     if args.refresh < 0:
         return "--refresh cannot be negative"
     if args.reviewer is not None:
-        from connectors.labels import check_reviewer
+        from connectors.sinks.labels import check_reviewer
 
         try:
             check_reviewer(args.reviewer)

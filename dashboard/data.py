@@ -1,11 +1,11 @@
 """What the dashboard reads: the same tables and views as `pulse sql`, locally or on BigQuery.
 
 `open_source(output)` gives a Source for a Parquet output directory (DuckDB over the files,
-connectors/duckdb_sql.py: the file list is taken when the Source opens, so each refresh opens
+connectors/query/duckdb_sql.py: the file list is taken when the Source opens, so each refresh opens
 a new one and sees the files written since; files being written have hidden names and are never
 read) or for `PROJECT:DATASET` (BigQuery, through the same views, created by
 `make bq-tables`). Every query below is BigQuery SQL over those views, rendered for DuckDB by
-the project's one dialect switch (connectors/sqlfiles.render), so the dashboard's figures are
+the project's one dialect switch (connectors/query/sqlfiles.render), so the dashboard's figures are
 the figures `pulse sql` gives.
 
 The page functions in dashboard/app.py call the `*_frame` functions here; they take a Source
@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from connectors import sqlfiles
+from connectors.query import sqlfiles
 from pipelines.options import output_kind
 
 UTC = dt.timezone.utc
@@ -51,7 +51,7 @@ class ParquetSource(Source):
     kind = "parquet"
 
     def __init__(self, output: str, settings: sqlfiles.ViewSettings | None = None):
-        from connectors import duckdb_sql
+        from connectors.query import duckdb_sql
 
         self.output = output
         self.settings = settings or sqlfiles.ViewSettings()
@@ -61,7 +61,7 @@ class ParquetSource(Source):
             self.warnings.append(f"{output} is empty: no table has been written yet")
 
     def _open(self) -> None:
-        from connectors import duckdb_sql
+        from connectors.query import duckdb_sql
 
         try:
             self._con, skipped = duckdb_sql.connect_with_warnings(self.output, settings=self.settings)
@@ -80,7 +80,7 @@ class ParquetSource(Source):
         out and the query run again without it (a warning says which)."""
         import duckdb
 
-        from connectors import duckdb_sql
+        from connectors.query import duckdb_sql
 
         text = sqlfiles.render(sql, "duckdb", variables=self.settings.variables())
         for _ in range(20):
@@ -109,7 +109,7 @@ class BigQuerySource(Source):
 
     def __init__(self, dataset: str, settings: sqlfiles.ViewSettings | None = None,
                  project: str | None = None, endpoint: str | None = None):
-        from connectors.bigquery import bigquery_client, split_dataset
+        from connectors.sinks.bigquery import bigquery_client, split_dataset
         from google.api_core import exceptions as gexc
 
         self.output = dataset
@@ -154,7 +154,7 @@ def open_source(output: str, settings: sqlfiles.ViewSettings | None = None, proj
     return ParquetSource(output, settings)
 
 
-# ---- the queries (BigQuery SQL over the views of sql/views.sql) ---------------------------
+# ---- the queries (BigQuery SQL over the views of connectors/query/views.sql) ---------------------------
 
 KEYWORDS = """
 SELECT DISTINCT keyword FROM ${dataset}.sentiment_windows_latest WHERE keyword != '*' ORDER BY keyword
@@ -367,7 +367,7 @@ BASELINE_WINDOWS = 30
 
 
 def drivers(source: Source, keyword: str, start: dt.datetime, end: dt.datetime, limit: int = 10) -> pd.DataFrame:
-    """sql/queries/drivers.sql: the terms that set [start, end) of `keyword` apart from its baseline
+    """connectors/query/queries/drivers.sql: the terms that set [start, end) of `keyword` apart from its baseline
     (the BASELINE_WINDOWS windows before), by log-odds with an informative Dirichlet prior."""
     query = sqlfiles.load_query("drivers")
     params = query.bind({"keyword": keyword, "window_start": start, "window_end": end, "limit": limit,
@@ -533,7 +533,7 @@ def agreement(source: Source) -> pd.DataFrame:
 
 
 class ReviewDesk:
-    """The review desk's reads and writes: connectors/labels.py's store for this output.
+    """The review desk's reads and writes: connectors/sinks/labels.py's store for this output.
 
     A first label of (post, keyword, reviewer) is written once, whatever the number of tabs
     (the store's atomic create); a correction names the label it corrects; the views keep the
@@ -541,7 +541,7 @@ class ReviewDesk:
     """
 
     def __init__(self, source: Source, project: str | None = None):
-        from connectors import labels
+        from connectors.sinks import labels
 
         self.source = source
         if source.kind == "bigquery":
@@ -592,7 +592,7 @@ def save_list(desk, rows: list[dict], edits: Mapping[Any, Mapping[str, Any]], re
     return written, already
 
 
-# ---- the accuracy watch (views labels_resolved, model_accuracy; connectors/accuracy_watch.py) ----
+# ---- the accuracy watch (views labels_resolved, model_accuracy; connectors/monitoring/accuracy_watch.py) ----
 
 ACCURACY = """
 SELECT * FROM ${dataset}.model_accuracy
@@ -624,7 +624,7 @@ def quality_alerts(source: Source) -> pd.DataFrame:
 def expected_figures(model: str):
     """version -> the model's own evaluation macro-F1 (model.json of `model`: bundled or a directory),
     and a note; (None-returning, the reason) when it cannot be read."""
-    from connectors import accuracy_watch
+    from connectors.monitoring import accuracy_watch
 
     try:
         return accuracy_watch._expected_for_model(model), f"model.json of {model}"

@@ -127,7 +127,7 @@ dataflow-check:
 # the Storage Write API creates tables without partitioning.
 bq-tables: $(VENV)/.stamp
 	@[ -n "$(PROJECT)" ] || { echo "error: set PROJECT (make bq-tables PROJECT=my-proj DATASET=pulse)"; exit 2; }
-	$(PY) -m connectors.bigquery create --dataset $(PROJECT):$(DATASET) --location $(REGION)
+	$(PY) -m connectors.sinks.bigquery create --dataset $(PROJECT):$(DATASET) --location $(REGION)
 
 # The worker image (GPU and CPU; also the flex template launcher and Flink's SDK harness), built
 # by Cloud Build (docker cannot build on every machine) and pushed to IMAGE.
@@ -171,7 +171,7 @@ flink-job-server:
 	  --flink-master=$(FLINK_MASTER) --job-port=$(lastword $(subst :, ,$(JOB_ENDPOINT)))$(FLINK_JOB_SERVER_FLAGS)
 
 # Submit through the portable runner to the job server at JOB_ENDPOINT. Input: a JSON-lines
-# file replayed as a bounded stream (Python's Pub/Sub IO does not run on Flink; README).
+# file replayed as a bounded stream (Python's Pub/Sub IO does not run on Flink; deploy/README.md).
 # FLINK_INPUT and FLINK_OUTPUT must be paths every task manager can read/write (gs://, or a
 # shared mount). The workers get the project from FLINK_IMAGE (DOCKER) or the worker pool
 # (EXTERNAL); LOOPBACK runs them in this process.

@@ -1,5 +1,7 @@
 """The model contract, the bundled model, its training, and the model handlers.
 
+The bottom layer: imports nothing of the project outside models/ (tests/test_layout.py enforces it).
+
 Serving uses Keras 2 (the `tf-keras` package): Keras 3, the default Keras of
 TensorFlow 2.16+, cannot load a TensorFlow SavedModel with `load_model`, which is
 what Beam's `TFModelHandlerTensor` calls. The switch must be set before TensorFlow

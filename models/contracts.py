@@ -2,14 +2,14 @@
 
 Both `transforms/` (which builds rows) and `connectors/` (which writes them to Parquet
 or BigQuery) need the table shapes, and neither may import the other, so the shapes
-live here beside the model contract (see ../shared/DESIGN.md, "Data contracts").
+live here beside the model contract (see docs/DESIGN.md, "Tables").
 
 Each table is a tuple of `Field(name, type, mode)`; `type` is a BigQuery standard SQL
 type name, from which the Parquet (pyarrow) schema is derived in `connectors/`.
 `TABLES` holds every table a reader sees; the streaming job writes `JOB_TABLES` (the five of
-DESIGN.md) and nothing else. `labels` is written by the review desk (connectors/labels.py:
+docs/DESIGN.md) and nothing else. `labels` is written by the review desk (connectors/sinks/labels.py:
 append-only, one row per label, a correction is a new row naming the label it corrects) and
-`job_metrics` by the launcher (connectors/job_metrics.py: the job's Beam counters, one
+`job_metrics` by the launcher (connectors/sinks/job_metrics.py: the job's Beam counters, one
 snapshot per run, for the balance read = scored + duplicates + dead letters).
 
 The model contract: a SavedModel whose serving signature takes `text: tf.string [batch]`
@@ -169,7 +169,7 @@ ALERTS = (
     Field("keyword", "STRING", "REQUIRED"),
     Field("kind", "STRING", "REQUIRED",
           "negative_surge|volume_spike|oov_drift|confidence_drift|class_mix_drift (the job), model_degraded "
-          "(connectors/accuracy_watch.py)"),
+          "(connectors/monitoring/accuracy_watch.py)"),
     Field("value", "FLOAT64", "REQUIRED"),
     Field("baseline", "FLOAT64", "REQUIRED"),
     Field("zscore", "FLOAT64", "REQUIRED"),
@@ -195,7 +195,7 @@ REVIEW_LABELS = (*LABELS, "skip")
 LABELS_TABLE = (
     Field("label_id", "STRING", "REQUIRED",
           "the label's id: a digest of (post_id, keyword, reviewer) for a first label, of the label it "
-          "corrects for a correction (connectors/labels.py)"),
+          "corrects for a correction (connectors/sinks/labels.py)"),
     Field("post_id", "STRING", "REQUIRED"),
     Field("keyword", "STRING", "REQUIRED"),
     Field("lang", "STRING", "REQUIRED"),
@@ -222,13 +222,13 @@ JOB_METRICS = (
     Field("input", "STRING", "NULLABLE", "the job's --input"),
 )
 
-# The tables the streaming job writes: its sinks (connectors/parquet.py, connectors/bigquery.py)
+# The tables the streaming job writes: its sinks (connectors/sinks/parquet.py, connectors/sinks/bigquery.py)
 # take these and no others.
 JOB_TABLES = ("scored_posts", "sentiment_windows", "alerts", "review_queue", "dead_letters")
 
 # Every table a reader sees (DuckDB views, BigQuery tables created by ensure_tables): the job's
-# five, the review desk's labels (connectors/labels.py) and the launcher's counter snapshots
-# (connectors/job_metrics.py).
+# five, the review desk's labels (connectors/sinks/labels.py) and the launcher's counter snapshots
+# (connectors/sinks/job_metrics.py).
 TABLES = {
     "scored_posts": SCORED_POSTS,
     "sentiment_windows": SENTIMENT_WINDOWS,

@@ -2,7 +2,7 @@
 
     python -m models.train --data data --out models/bundled    # trains, then calls export()
 
-The artifact honours the model contract (../shared/DESIGN.md, "Model contract"):
+The artifact honours the model contract (docs/DESIGN.md, "Models"):
 
 - `tf.saved_model.load(dir).signatures["serving_default"](text=tf.string [batch])` returns
   `probabilities: float32 [batch, 3]`, `token_count: int64 [batch]` and `oov_count: int64 [batch]`

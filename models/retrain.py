@@ -441,7 +441,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None,
          read_labels: Callable[[str, str | None], list[dict]] | None = None) -> int:
-    """`pulse retrain`; `read_labels(output, project)` -> labels_latest rows (pipelines/cli.py passes
+    """`pulse retrain`; `read_labels(output, project)` -> labels_latest rows (pipelines/cli/__init__.py passes
     the connector's; it raises RetrainError when the output cannot be read)."""
     p = parser()
     args = p.parse_args(argv)

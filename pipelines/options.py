@@ -12,7 +12,7 @@ import re
 
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
-from connectors.pubsub import SUBSCRIPTION, TOPIC
+from connectors.sources.pubsub import SUBSCRIPTION, TOPIC
 from transforms.alerts import AlertSpec
 from transforms.windowing import WindowSpec
 
@@ -115,7 +115,7 @@ def validate_options(o: SentimentOptions) -> None:
     if o.bq_method and output_kind(o.output) != "bigquery":
         raise OptionsError("--bq_method applies only to a BigQuery --output PROJECT:DATASET")
     if output_kind(o.output) == "parquet":
-        from connectors.parquet import check_output
+        from connectors.sinks.parquet import check_output
         try:
             check_output(o.output, o.append)
         except ValueError as e:

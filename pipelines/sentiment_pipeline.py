@@ -27,11 +27,10 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from apache_beam.runners.runner import PipelineState
 from apache_beam.transforms import window
 
-from pipelines import (direct_runner_metrics, direct_runner_side_inputs, direct_runner_specs, direct_runner_state,
-                       direct_runner_triggers)
+from pipelines.direct_runner import install_direct_runner_fixes
 from pipelines.runners import Runner, RunnerError, identify
-from connectors.pubsub import PublishAlerts, PubSubError, ReadPosts, check_pubsub, is_pubsub_path
-from connectors.replay import ReplayPosts
+from connectors.sources.pubsub import PublishAlerts, PubSubError, ReadPosts, check_pubsub, is_pubsub_path
+from connectors.sources.replay import ReplayPosts
 from pipelines.options import (OptionsError, SentimentOptions, alert_spec, check_flags, model_values, output_kind,
                                validate_options, window_spec)
 from transforms.aggregate import WindowedSentiment, public_row
@@ -72,7 +71,7 @@ def build_pipeline(p: beam.Pipeline, source: beam.PTransform, sinks: beam.PTrans
     model_metadata = dict(model_metadata or {})
     for i, route in enumerate(routes or []):
         if route.watch and i not in model_metadata:
-            from connectors.model_watch import WatchRegistry
+            from connectors.sources.model_watch import WatchRegistry
             model_metadata[i] = p | f"WatchModelRegistry{i}" >> WatchRegistry(route.watch,
                                                                              options.model_watch_interval)
     scored = cleaned["posts"] | "Score" >> ScorePosts(
@@ -99,22 +98,13 @@ def build_pipeline(p: beam.Pipeline, source: beam.PTransform, sinks: beam.PTrans
     return tables
 
 
-def install_direct_runner_fixes() -> None:
-    """The job's patches to Beam's Python BundleBasedDirectRunner (each module says what it fixes)."""
-    direct_runner_metrics.install()  # counters count every bundle, without a container kept per bundle
-    direct_runner_triggers.install()  # a drained job reaches DONE; expired windows leave no state
-    direct_runner_state.install()  # keys whose state is gone stop costing timer scans
-    direct_runner_specs.install()  # a DoFn's signature inspected once per bundle, not three to five times
-    direct_runner_side_inputs.install()  # a model watch's side input: the latest promotion, and it stops
-
-
 def make_sinks(options: SentimentOptions) -> beam.PTransform:
     if output_kind(options.output) == "bigquery":
-        from connectors.bigquery import WriteBigQueryTables
+        from connectors.sinks.bigquery import WriteBigQueryTables
         project = options.view_as(GoogleCloudOptions).project
         return WriteBigQueryTables(options.output, method=options.bq_method or "STORAGE_WRITE_API",
                                    project=project)
-    from connectors.parquet import WriteParquetTables
+    from connectors.sinks.parquet import WriteParquetTables
     return WriteParquetTables(options.output)
 
 
@@ -286,9 +276,9 @@ def sink_accounting(output: str, input_path: str, duplicates_counted: int | None
     (`counted_exactly=False`, a retry can count a duplicate twice) it may not exceed them.
     For a Parquet output that held nothing before this run.
     """
-    from connectors import duckdb_sql
-    from connectors.parquet import ROW_IDENTITY
-    from connectors.replay import iter_file_lines
+    from connectors.query import duckdb_sql
+    from connectors.sinks.parquet import ROW_IDENTITY
+    from connectors.sources.replay import iter_file_lines
 
     read = sum(1 for _ in iter_file_lines(input_path))
     stored = {}
@@ -346,7 +336,7 @@ class JobEnd(NamedTuple):
     drained: bool  # it ended DONE: every window fired its last pane and everything read went through
     aborted_by: str | None  # a stop that did not drain (second signal, drain timeout, a replay stopped early)
     exit_code: int | None  # the exit status the stop asks for (128 + signal), if any
-    read: object | None  # connectors.pubsub_direct.ReadReport for a Pub/Sub input
+    read: object | None  # connectors.sources.pubsub_direct.ReadReport for a Pub/Sub input
 
 
 def _written_check(metrics) -> tuple[bool, str]:
@@ -366,13 +356,13 @@ def _check_brokers(sentiment: SentimentOptions, options: PipelineOptions) -> Non
 
 class CounterSnapshots:
     """The running job's counters written beside its Parquet tables every `every_s` seconds and at
-    the end (connectors/job_metrics.py: table job_metrics, view job_balance), for the dashboard's
+    the end (connectors/sinks/job_metrics.py: table job_metrics, view job_balance), for the dashboard's
     balance. A snapshot that cannot be written is logged once; it never stops the job."""
 
     def __init__(self, output: str, source: str, every_s: float = 5.0):
         import datetime as dt
 
-        from connectors import job_metrics
+        from connectors.sinks import job_metrics
 
         self.output, self.source, self.every_s = output, source, every_s
         self.started_at = dt.datetime.now(dt.timezone.utc)
@@ -381,7 +371,7 @@ class CounterSnapshots:
         self._failed = False
 
     def write(self, result, state: str = "RUNNING", force: bool = False) -> None:
-        from connectors import job_metrics
+        from connectors.sinks import job_metrics
 
         if not force and time.monotonic() < self._next:
             return
@@ -395,7 +385,7 @@ class CounterSnapshots:
             self._failed = True
         self.check_accuracy(force)
 
-    # The accuracy watch over the same output (connectors/accuracy_watch.AccuracyWatch, e.g.
+    # The accuracy watch over the same output (connectors/monitoring/accuracy_watch.AccuracyWatch, e.g.
     # accuracy_watch.watch_for_job(output, spec)): model_degraded alerts every 60 s and at the end.
     accuracy = None
 
@@ -451,7 +441,7 @@ def _await(result, reader, sentiment: SentimentOptions, stop: StopRequest | None
                           "every open window, writing%s", stopped_by,
                           " (send it again to abort)" if stop is not None and stop.requested else "")
                 reader.request_stop(stopped_by)
-                from connectors import model_watch
+                from connectors.sources import model_watch
                 model_watch.stop_watches()  # the model registry's watch ends too
             elif time.monotonic() - draining_since > DRAIN_TIMEOUT_S:
                 aborted_by = f"drain timeout ({DRAIN_TIMEOUT_S:.0f} s)"
@@ -522,7 +512,7 @@ def run(argv: list[str] | None = None, model=None, stop: StopRequest | None = No
                   route.spec.version, f", watching {route.watch}" if route.watch else "")
     _LOG.info("input %s, output %s", sentiment.input, sentiment.output)
     if runner.is_direct:
-        from connectors import model_watch
+        from connectors.sources import model_watch
         model_watch.reset_watches()
     if isinstance(source, ReplayPosts) and source.bounded and sentiment.early_firing:
         # A bounded replay has batch semantics: no processing-time panes (the portable job
@@ -554,7 +544,7 @@ def run(argv: list[str] | None = None, model=None, stop: StopRequest | None = No
     snapshots = CounterSnapshots(sentiment.output, sentiment.input) if output_kind(sentiment.output) == "parquet" else None
     if snapshots is not None:
         # The accuracy watch (model_degraded alerts) runs beside the counters, every minute and at the end.
-        from connectors import accuracy_watch
+        from connectors.monitoring import accuracy_watch
         from models.handlers import registry_root, split_model_flag
         first = routes[0]
         roots = [registry_root(split_model_flag(v)[1]) for v in model_values(sentiment)]

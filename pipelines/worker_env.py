@@ -34,7 +34,7 @@ PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # so the build leaves nothing in the checkout (setuptools writes build/ and *.egg-info beside
 # setup.py, and a stale build/ can carry deleted modules into the next wheel).
 SOURCES = ("setup.py", "requirements.in", "requirements.lock", "pipelines", "transforms", "connectors",
-           "models", "sql", "dashboard")
+           "models", "dashboard")
 REUSE_PTH = "_pulse_reused_dependencies.pth"
 
 

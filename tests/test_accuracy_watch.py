@@ -1,5 +1,5 @@
-"""The accuracy watch: views labels_resolved and model_accuracy (sql/views.sql), model_degraded
-alerts (connectors/accuracy_watch.py), `pulse accuracy`, and the same views on the BigQuery
+"""The accuracy watch: views labels_resolved and model_accuracy (connectors/query/views.sql), model_degraded
+alerts (connectors/monitoring/accuracy_watch.py), `pulse accuracy`, and the same views on the BigQuery
 emulator.
 
 model_accuracy's macro-F1 is models.evaluate.macro_f1 exactly, on any labels (Hypothesis);
@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors import accuracy_watch as aw
-from connectors import duckdb_sql
-from connectors.parquet import to_table
+from connectors.monitoring import accuracy_watch as aw
+from connectors.query import duckdb_sql
+from connectors.sinks.parquet import to_table
 from models.contracts import LABELS, LABELS_TABLE, UTC, ModelSpec
 from models.evaluate import macro_f1
 from pipelines import cli
@@ -239,7 +239,7 @@ def test_the_standard_error_is_seeded_and_floored():
 
 
 def test_expected_figures_come_from_model_json(tmp_path):
-    spec = ModelSpec.load(os.path.join(os.path.dirname(aw.__file__), "..", "models", "bundled"))
+    spec = ModelSpec.load(os.path.join(os.path.dirname(aw.__file__), "..", "..", "models", "bundled"))
     expected = aw.expected_from_spec(spec)
     assert expected(spec.version) == spec.extra["evaluation"]["per_split"]["tweets"]["model"]["macro_f1"]
     assert expected("someone-else") is None
@@ -278,7 +278,7 @@ def test_check_writes_each_alert_once_where_the_views_see_it(tmp_path):
 
 def test_the_jobs_watch_logs_a_failure_once_and_never_raises(tmp_path, caplog):
     watch = aw.AccuracyWatch(str(tmp_path / "missing"), expected_of({"v1": 0.9}), every_s=0)
-    with caplog.at_level(logging.WARNING, logger="connectors.accuracy_watch"):
+    with caplog.at_level(logging.WARNING, logger="connectors.monitoring.accuracy_watch"):
         assert watch.check() == [] and watch.check(force=True) == []
     assert len([r for r in caplog.records if "accuracy watch" in r.getMessage()]) == 1
     out = str(tmp_path / "out")
@@ -301,7 +301,7 @@ def run_cli(*argv):
 
 def test_pulse_accuracy_prints_the_table_and_the_alerts_it_wrote(tmp_path):
     out = str(tmp_path)
-    version = ModelSpec.load(os.path.join(os.path.dirname(aw.__file__), "..", "models", "bundled")).version
+    version = ModelSpec.load(os.path.join(os.path.dirname(aw.__file__), "..", "..", "models", "bundled")).version
     write_labels(out, labelled_posts(30, 30, version=version))
     code, printed, err = run_cli("--output", out)
     assert (code, err) == (0, "")
@@ -338,7 +338,7 @@ def test_pulse_accuracy_rejects_a_negative_margin():
 
 @pytest.fixture
 def bq_labels_dataset(bq_emulator):
-    from connectors import bigquery as cb
+    from connectors.sinks import bigquery as cb
     from tests.fixtures.bigquery import PROJECT
 
     dataset = f"{PROJECT}:acc_{uuid.uuid4().hex[:8]}"
@@ -348,7 +348,7 @@ def bq_labels_dataset(bq_emulator):
 
 @pytest.mark.integration
 def test_the_views_and_the_alert_on_bigquery_equal_duckdb(bq_labels_dataset, tmp_path):
-    from connectors.bigquery import to_bq_row
+    from connectors.sinks.bigquery import to_bq_row
 
     dataset, client = bq_labels_dataset
     rows = labelled_posts(30, 30) + labelled_posts(20, 5, version="v2", keyword="globex", start=100) + [
@@ -396,7 +396,7 @@ def test_the_jobs_counter_snapshots_run_the_watch_at_the_end(tmp_path):
     from pipelines.sentiment_pipeline import CounterSnapshots
 
     out = str(tmp_path)
-    spec = ModelSpec.load(os.path.join(os.path.dirname(aw.__file__), "..", "models", "bundled"))
+    spec = ModelSpec.load(os.path.join(os.path.dirname(aw.__file__), "..", "..", "models", "bundled"))
     write_labels(out, labelled_posts(30, 30, version=spec.version))
     snapshots = CounterSnapshots(out, "sample")
     snapshots.accuracy = aw.watch_for_job(out, spec, margin=0.05, min_labels=50)

@@ -12,10 +12,10 @@ import pytest
 
 from bench import live
 from connectors import emulator
-from connectors.duckdb_sql import connect
-from connectors.parquet import to_table
+from connectors.query.duckdb_sql import connect
+from connectors.sinks.parquet import to_table
 from models.contracts import SCORED_POSTS, SENTIMENT_WINDOWS
-from pipelines.publish import UsageError
+from pipelines.cli.publish import UsageError
 
 UTC = dt.timezone.utc
 T = dt.datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

@@ -1,6 +1,6 @@
-"""connectors/bigquery.py: the pure row/schema functions, then Beam's WriteToBigQuery
+"""connectors/sinks/bigquery.py: the pure row/schema functions, then Beam's WriteToBigQuery
 (STREAMING_INSERTS) against a BigQuery emulator on loopback (tests/fixtures/bigquery.py),
-read back through google-cloud-bigquery, and the sql/ queries run on the emulator with the
+read back through google-cloud-bigquery, and the connectors/query/ queries run on the emulator with the
 same answers as on DuckDB.
 
     .venv/bin/pytest tests/test_bigquery.py -q
@@ -16,8 +16,8 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils.timestamp import Timestamp
 
-from connectors import bigquery as cb
-from connectors import duckdb_sql, sqlfiles
+from connectors.sinks import bigquery as cb
+from connectors.query import duckdb_sql, sqlfiles
 from models.contracts import JOB_TABLES, PARTITION_COLUMN, TABLES
 from tests.fixtures.bigquery import PROJECT
 from tests.test_sql import ALERTS, DEAD, POSTS, WINDOWS, ts, write_table

@@ -1,7 +1,7 @@
 """The COMMITTED artifact models/bundled/, loaded with plain TensorFlow and tf_keras only (no project code).
 
 This is what a user or a Beam worker sees: if these pass, the model contract holds
-(../shared/DESIGN.md, "Model contract") whatever happens to the training code.
+(docs/DESIGN.md, "Models") whatever happens to the training code.
 """
 import json
 import os

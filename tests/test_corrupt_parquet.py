@@ -1,5 +1,5 @@
 """Unreadable Parquet files are left out of their table with a warning, never a failure
-(connectors/duckdb_sql.py, `pulse sql`, `pulse summary`): a zero-byte file, a file cut in half,
+(connectors/query/duckdb_sql.py, `pulse sql`, `pulse summary`): a zero-byte file, a file cut in half,
 and a file whose footer reads but whose data pages are garbage; the rest of the table is read.
 
     .venv/bin/pytest tests/test_corrupt_parquet.py -q
@@ -12,10 +12,10 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from connectors import duckdb_sql
-from connectors.parquet import to_table
+from connectors.query import duckdb_sql
+from connectors.sinks.parquet import to_table
 from models.contracts import SCORED_POSTS, TABLES
-from pipelines import sql_cli
+from pipelines.cli import sql as sql_cli
 from tests.test_sql import POSTS, post, ts, write_table
 
 pytestmark = pytest.mark.integration

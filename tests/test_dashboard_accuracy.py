@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from connectors import accuracy_watch as aw
-from connectors.parquet import to_table, write_atomically
+from connectors.monitoring import accuracy_watch as aw
+from connectors.sinks.parquet import to_table, write_atomically
 from dashboard.safe_text import md
 from models.contracts import ALERTS, SENTIMENT_WINDOWS, UTC, ModelSpec
 from tests.test_accuracy_watch import T0, labelled_posts, sql, write_labels
@@ -18,7 +18,7 @@ from tests.test_dashboard_app import app, metric_values, no_traceback
 
 pytestmark = pytest.mark.integration
 
-BUNDLED = ModelSpec.load(os.path.join(os.path.dirname(aw.__file__), "..", "models", "bundled"))
+BUNDLED = ModelSpec.load(os.path.join(os.path.dirname(aw.__file__), "..", "..", "models", "bundled"))
 EVALUATION = BUNDLED.extra["evaluation"]["per_split"]["tweets"]["model"]["macro_f1"]
 
 

@@ -10,7 +10,7 @@ import urllib.parse
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from connectors import duckdb_sql
+from connectors.query import duckdb_sql
 from dashboard import cli, data
 from dashboard.safe_text import md
 

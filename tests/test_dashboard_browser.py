@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from connectors import duckdb_sql
+from connectors.query import duckdb_sql
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

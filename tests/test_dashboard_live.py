@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from connectors import duckdb_sql
-from connectors.publisher import Publisher, post_message, rfc3339
+from connectors.query import duckdb_sql
+from connectors.feeds.publisher import Publisher, post_message, rfc3339
 from pipelines import sentiment_pipeline
 from tests.test_dashboard_app import app, metric_values, no_traceback
 

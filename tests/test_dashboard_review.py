@@ -5,7 +5,7 @@ write a post twice, a correction wins in the views, agreement is shown.
 """
 import pytest
 
-from connectors import duckdb_sql
+from connectors.query import duckdb_sql
 from tests.test_dashboard_app import app, no_traceback
 
 pytestmark = pytest.mark.integration

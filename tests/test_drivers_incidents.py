@@ -1,4 +1,4 @@
-"""Drivers (sql/queries/drivers.sql over the view post_terms) and incidents (views
+"""Drivers (connectors/query/queries/drivers.sql over the view post_terms) and incidents (views
 incident_alerts, incidents) on DuckDB over Parquet tables; tests/test_dashboard_bigquery.py
 checks that BigQuery gives the same.
 
@@ -14,7 +14,7 @@ import random
 
 import pytest
 
-from connectors import duckdb_sql
+from connectors.query import duckdb_sql
 from tests.test_sql import alert, post, write_table, ts
 
 pytestmark = pytest.mark.integration
@@ -146,7 +146,7 @@ def test_bigquery_gives_the_same_drivers_and_incidents(bq_emulator, themed_outpu
     """The same rows in the BigQuery emulator: the same drivers (planted terms first) and incidents."""
     import uuid
 
-    from connectors import bigquery as cb
+    from connectors.sinks import bigquery as cb
     from dashboard import data
     from tests.fixtures.bigquery import PROJECT
     from tests.test_dashboard_bigquery import normal
@@ -179,7 +179,7 @@ def test_bigquery_gives_the_same_drivers_and_incidents(bq_emulator, themed_outpu
 def test_pulse_summary_lists_incidents_with_their_drivers(themed_output, capsys):
     import io
 
-    from pipelines import sql_cli
+    from pipelines.cli import sql as sql_cli
 
     out = io.StringIO()
     assert sql_cli.summary_main(["--output", themed_output], out=out) == 0

@@ -177,14 +177,14 @@ def test_second_signal_aborts_without_losing_anything(pubsub_env, tiny_bundled_m
 
 
 def test_trigger_releases_the_hold_of_a_pane_past_its_on_time_decision():
-    """The Beam trigger-driver fix a drained job needs to reach DONE (pipelines/direct_runner_triggers.py)."""
+    """The Beam trigger-driver fix a drained job needs to reach DONE (pipelines/direct_runner/triggers.py)."""
     from apache_beam.runners.direct.clock import TestClock
     from apache_beam.transforms import trigger, window
     from apache_beam.transforms.core import Windowing
     from apache_beam.utils.timestamp import MAX_TIMESTAMP, Duration, Timestamp
     from apache_beam.utils.windowed_value import WindowedValue
 
-    from pipelines import direct_runner_triggers
+    from pipelines.direct_runner import triggers as direct_runner_triggers
     from transforms.windowing import WindowSpec
 
     direct_runner_triggers.install()
@@ -205,8 +205,8 @@ def test_trigger_releases_the_hold_of_a_pane_past_its_on_time_decision():
 def test_reader_holds_leases_until_written_and_gives_back_the_rest(pubsub_env):
     """Unwritten messages are not redelivered while the job holds them (leases extended past the
     10 s ack deadline), and a job that cannot say they were written hands them back at once."""
-    from connectors.pubsub_direct import Reader
-    from connectors.publisher import Message, Publisher
+    from connectors.sources.pubsub_direct import Reader
+    from connectors.feeds.publisher import Message, Publisher
 
     topic = pubsub_env.topic("lease")
     subscription = topic.replace("/topics/", "/subscriptions/")

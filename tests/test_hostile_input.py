@@ -25,10 +25,11 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors.parquet import WriteParquetTables, to_table
-from connectors.replay import ReplayPosts, plan_replay, read_lines
+from connectors.sinks.parquet import WriteParquetTables, to_table
+from connectors.sources.replay import ReplayPosts, plan_replay, read_lines
 from models.contracts import DEAD_LETTERS, SCORED_POSTS, ModelSpec
-from pipelines import direct_runner_metrics, sentiment_pipeline
+from pipelines.direct_runner import metrics as direct_runner_metrics
+from pipelines import sentiment_pipeline
 from pipelines.options import SentimentOptions
 from transforms.inference import IsolateFailures, ModelFailure
 from transforms.parse import MAX_TEXT_CHARS, ParseError, parse_post

@@ -26,13 +26,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.transforms import trigger, window
 
-from connectors.parquet import WriteParquetTables
-from connectors.publisher import Publisher, post_message, rfc3339
+from connectors.sinks.parquet import WriteParquetTables
+from connectors.feeds.publisher import Publisher, post_message, rfc3339
 from models import registry
 from models.contracts import RawMessage
 from models.handlers import split_model_flag
 from models.savedmodel import ContractSavedModelHandler
 from pipelines import sentiment_pipeline
+from pipelines.direct_runner import install_direct_runner_fixes
 from pipelines.sentiment_pipeline import create_routes
 from pipelines.options import OptionsError, SentimentOptions
 from tests.fixtures.pubsub import BackgroundJob
@@ -211,7 +212,7 @@ def test_a_promotion_mid_stream_swaps_the_model_on_teststream(two_version_regist
     out = str(tmp_path / "out")
     options = PipelineOptions(["--window_size", "60", "--early_firing", "0"])
     options.view_as(beam.options.pipeline_options.StandardOptions).streaming = True
-    sentiment_pipeline.install_direct_runner_fixes()
+    install_direct_runner_fixes()
     p = beam.Pipeline(runner="BundleBasedDirectRunner", options=options)
     sentiment_pipeline.build_pipeline(p, source, WriteParquetTables(out), options.view_as(SentimentOptions),
                                       routes=routes, model_metadata=lambda: {0: source.models})

@@ -1,8 +1,8 @@
 """Writes are idempotent: a retried bundle or a rerun leaves no duplicate row.
 
-connectors/parquet.py names each file by the identities of its rows (never their clock
+connectors/sinks/parquet.py names each file by the identities of its rows (never their clock
 stamps), creates folders that another writer may be creating too, and refuses a non-empty
-output directory unless the job runs with --append; the views of sql/views.sql
+output directory unless the job runs with --append; the views of connectors/query/views.sql
 de-duplicate what a rerun adds. The end of this module runs the job twice into one
 directory and reads it back through `pulse sql` and `pulse summary`.
 
@@ -24,9 +24,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import GlobalWindow, IntervalWindow
 from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
 
-from connectors import duckdb_sql, parquet, sqlfiles
+from connectors.query import duckdb_sql, sqlfiles
+from connectors.sinks import parquet
 from models.contracts import JOB_TABLES, TABLES
-from pipelines import sql_cli
+from pipelines.cli import sql as sql_cli
 from pipelines.options import OptionsError, SentimentOptions, validate_options
 
 UTC = dt.timezone.utc

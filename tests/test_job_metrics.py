@@ -1,5 +1,5 @@
-"""The job's counters as a table (connectors/job_metrics.py) and the view job_balance
-(sql/views.sql): one snapshot file per run, replaced atomically while a reader reads it, and a
+"""The job's counters as a table (connectors/sinks/job_metrics.py) and the view job_balance
+(connectors/query/views.sql): one snapshot file per run, replaced atomically while a reader reads it, and a
 balance that says balanced or not.
 
     .venv/bin/pytest tests/test_job_metrics.py -q
@@ -12,7 +12,8 @@ import uuid
 import pyarrow.parquet as pq
 import pytest
 
-from connectors import duckdb_sql, job_metrics
+from connectors.query import duckdb_sql
+from connectors.sinks import job_metrics
 
 pytestmark = pytest.mark.integration
 UTC = dt.timezone.utc
@@ -123,7 +124,7 @@ def test_a_reader_never_sees_half_a_snapshot(tmp_path):
 
 
 def test_the_snapshot_on_bigquery(bq_emulator):
-    from connectors import bigquery as cb
+    from connectors.sinks import bigquery as cb
     from tests.fixtures.bigquery import PROJECT
 
     dataset = f"{PROJECT}:metrics_{uuid.uuid4().hex[:8]}"

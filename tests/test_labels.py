@@ -1,4 +1,4 @@
-"""The review desk's labels (connectors/labels.py) and their views (sql/views.sql: labels_latest,
+"""The review desk's labels (connectors/sinks/labels.py) and their views (connectors/query/views.sql: labels_latest,
 label_agreement): a first label written once however many tabs and processes race for it, a
 correction that wins, agreement figures checked by hand and against a reference in Python
 (Hypothesis), and the same store and views on the BigQuery emulator.
@@ -18,9 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors import duckdb_sql, labels
-from connectors.labels import BigQueryLabelStore, LabelStoreError, ParquetLabelStore
-from connectors.parquet import to_table
+from connectors.query import duckdb_sql
+from connectors.sinks import labels
+from connectors.sinks.labels import BigQueryLabelStore, LabelStoreError, ParquetLabelStore
+from connectors.sinks.parquet import to_table
 from models.contracts import LABELS_TABLE, TABLES
 
 pytestmark = pytest.mark.integration
@@ -243,7 +244,7 @@ def test_writers_racing_for_the_same_first_label_write_one_row(tmp_path):
 
 
 def test_the_jobs_sinks_write_no_labels():
-    from connectors.bigquery import WriteBigQueryTables
+    from connectors.sinks.bigquery import WriteBigQueryTables
 
     p = beam.Pipeline()
     rows = p | beam.Create([])
@@ -367,7 +368,7 @@ def test_label_agreement_equals_a_reference_in_python(tmp_path_factory, drawn):
 
 @pytest.fixture
 def bq_labels(bq_emulator):
-    from connectors import bigquery as cb
+    from connectors.sinks import bigquery as cb
     from tests.fixtures.bigquery import PROJECT
 
     dataset = f"{PROJECT}:labels_{uuid.uuid4().hex[:8]}"

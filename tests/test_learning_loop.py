@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from connectors import accuracy_watch
-from connectors.labels import ParquetLabelStore
-from connectors.publisher import Publisher, post_message
+from connectors.monitoring import accuracy_watch
+from connectors.sinks.labels import ParquetLabelStore
+from connectors.feeds.publisher import Publisher, post_message
 from models import data as data_lib
 from models import evaluate
 from models import registry

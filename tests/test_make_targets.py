@@ -486,6 +486,6 @@ def test_flink_job_server_and_worker_pool():
 def test_bq_tables():
     text = render("bq-tables", PROJECT="my-proj", DATASET="pulse", REGION="EU")
     every_line_parses(text)
-    argv, operators = main_command(text, [".venv/bin/python", "-m", "connectors.bigquery"])
+    argv, operators = main_command(text, [".venv/bin/python", "-m", "connectors.sinks.bigquery"])
     assert operators == []
     assert argv[3:] == ["create", "--dataset", "my-proj:pulse", "--location", "EU"]

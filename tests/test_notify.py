@@ -19,7 +19,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from connectors.monitoring import notify
-from connectors.rate_limit import FakeClock
+from connectors.feeds.rate_limit import FakeClock
 from tests.test_sql import ALERTS, write_table
 
 pytestmark = pytest.mark.integration
@@ -249,7 +249,7 @@ def test_a_running_jobs_surge_is_delivered_exactly_once(pubsub_emulator, pubsub_
     on the alerts subscription delivers it while the job runs; `pulse notify` over the table
     afterwards (the same alert, from the other source) sends nothing more: one webhook POST
     and one e-mail in all."""
-    from connectors.publisher import Publisher, post_message
+    from connectors.feeds.publisher import Publisher, post_message
     from tests.fixtures.pubsub import BackgroundJob
     from tests.test_pubsub_pipeline import WINDOW_S, posts_around
 

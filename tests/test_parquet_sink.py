@@ -11,8 +11,8 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.transforms import trigger, window
 from apache_beam.transforms.window import TimestampedValue
 
-from connectors.parquet import arrow_schema, digest_of, to_table, write_atomically
-from connectors.parquet import WriteParquetTables
+from connectors.sinks.parquet import arrow_schema, digest_of, to_table, write_atomically
+from connectors.sinks.parquet import WriteParquetTables
 from models.contracts import DEAD_LETTERS, SENTIMENT_WINDOWS, TABLES
 
 UTC = dt.timezone.utc

@@ -1,7 +1,7 @@
 """The job through PortableRunner to Beam's Python local job service on loopback: the same
 Job API (gRPC: prepare, stage artifacts, run, stream state) that Flink's job server speaks,
 so `make flink` exercises this path. Replay file in (bounded on non-Direct runners), Parquet
-out, read back with DuckDB through the sql/ queries.
+out, read back with DuckDB through the connectors/query/ queries.
 
     .venv/bin/pytest tests/test_portable_runner.py -q
 """
@@ -11,7 +11,7 @@ import pytest
 from apache_beam.runners.portability import local_job_service
 from apache_beam.runners.runner import PipelineState
 
-from connectors import duckdb_sql
+from connectors.query import duckdb_sql
 from pipelines import sentiment_pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

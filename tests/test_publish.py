@@ -3,10 +3,10 @@ import json
 
 import pytest
 
-from connectors.publisher import (Pacer, check_topic, line_message, post_attributes, post_message,
+from connectors.feeds.publisher import (Pacer, check_topic, line_message, post_attributes, post_message,
                                   synthetic_posts)
-from connectors.rate_limit import FakeClock
-from pipelines import ingest, publish
+from connectors.feeds.rate_limit import FakeClock
+from pipelines.cli import ingest, publish
 
 TOPIC = "projects/demo/topics/posts"
 

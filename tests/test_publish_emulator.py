@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from pipelines import publish
+from pipelines.cli import publish
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors.publisher import (ATTRIBUTES, MAX_ATTRIBUTE_KEY_BYTES, MAX_ATTRIBUTE_VALUE_BYTES, RFC3339_RE,
+from connectors.feeds.publisher import (ATTRIBUTES, MAX_ATTRIBUTE_KEY_BYTES, MAX_ATTRIBUTE_VALUE_BYTES, RFC3339_RE,
                                   count_lines, line_attributes, line_message, read_jsonl)
-from pipelines import publish
+from pipelines.cli import publish
 
 T = "2026-11-25T07:00:00Z"
 DEEP = b"[" * 10_000 + b"]" * 10_000

@@ -20,7 +20,7 @@ import time
 import pytest
 from apache_beam.runners.runner import PipelineState
 
-from connectors import pubsub_direct
+from connectors.sources import pubsub_direct
 from pipelines import sentiment_pipeline
 from tests.fixtures.pubsub import PostStream, free_port, message_key
 from tests.test_graceful_stop import incomplete_windows, job_flags, stored
@@ -86,7 +86,7 @@ def test_emulator_killed_and_restarted_mid_run_loses_nothing(restartable_pubsub_
                                                              tmp_path, monkeypatch, caplog):
     emulator = restartable_pubsub_emulator
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", emulator.host)
-    caplog.set_level(logging.INFO, logger="connectors.pubsub_direct")
+    caplog.set_level(logging.INFO, logger="connectors.sources.pubsub_direct")
     topic = f"projects/{emulator.project}/topics/outage"
     subscription = f"projects/{emulator.project}/subscriptions/outage"
     emulator.create(topic, subscription)
@@ -144,7 +144,7 @@ def test_emulator_killed_and_restarted_mid_run_loses_nothing(restartable_pubsub_
     assert incomplete_windows(out) == {}
 
     # The outage was logged as it happened, retried, and logged again when the broker came back.
-    warnings = [r for r in caplog.records if r.name == "connectors.pubsub_direct" and r.levelno >= logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "connectors.sources.pubsub_direct" and r.levelno >= logging.WARNING]
     down = [r for r in warnings if "failed" in r.getMessage() and r.created >= timeline["killed"]]
     assert down and down[0].created - timeline["killed"] < 5, [r.getMessage() for r in warnings]
     assert len([r for r in warnings if timeline["killed"] <= r.created < timeline["restarted"]]) >= 3

@@ -14,7 +14,7 @@ import time
 import duckdb
 import pytest
 
-from connectors.publisher import Message, Publisher, post_message, rfc3339
+from connectors.feeds.publisher import Message, Publisher, post_message, rfc3339
 from pipelines import sentiment_pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

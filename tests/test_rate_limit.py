@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from connectors.rate_limit import (Backoff, EndpointLimit, Fatal, FakeClock, GaveUp, RateLimited,
+from connectors.feeds.rate_limit import (Backoff, EndpointLimit, Fatal, FakeClock, GaveUp, RateLimited,
                                    RateLimiter, Stopped, TokenBucket, Transient, call_with_retries)
 
 

@@ -2,7 +2,7 @@
 import json
 import math
 
-from connectors.replay import plan_replay, read_lines
+from connectors.sources.replay import plan_replay, read_lines
 
 
 def line(pid, t):

@@ -19,8 +19,8 @@ from apache_beam.utils.timestamp import Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors import replay
-from connectors.replay import MAX_LINE_BYTES, ReplayPosts, arrivals, plan_replay, read_lines, split_lines
+from connectors.sources import replay
+from connectors.sources.replay import MAX_LINE_BYTES, ReplayPosts, arrivals, plan_replay, read_lines, split_lines
 
 T0 = dt.datetime(2026, 11, 24, 14, 0, tzinfo=dt.timezone.utc)
 NOW = (T0 + dt.timedelta(days=1)).timestamp()

@@ -2,7 +2,7 @@
 
 The end-to-end test trains a deliberately weak champion (one epoch on ten posts of the toy corpus,
 tests/fixtures/models.py), writes labels through the review desk's own store
-(connectors/labels.ParquetLabelStore) and runs `pulse retrain` in process: the challenger is
+(connectors/sinks/labels.ParquetLabelStore) and runs `pulse retrain` in process: the challenger is
 promoted and the pointer names it; a second run with no new labels promotes nothing.
 """
 import datetime as dt
@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors import duckdb_sql
-from connectors.labels import TABLE, ParquetLabelStore, read_latest
-from connectors.parquet import to_table
+from connectors.query import duckdb_sql
+from connectors.sinks.labels import TABLE, ParquetLabelStore, read_latest
+from connectors.sinks.parquet import to_table
 from models import data as data_lib
 from models import registry
 from models import retrain
@@ -294,8 +294,8 @@ def test_pulse_retrain_user_mistakes_are_one_line_errors(tmp_path, toy_corpus_di
 def test_labels_read_from_bigquery_resolve_as_from_parquet(bq_emulator, tmp_path):
     import uuid
 
-    from connectors import bigquery as cb
-    from connectors.labels import BigQueryLabelStore
+    from connectors.sinks import bigquery as cb
+    from connectors.sinks.labels import BigQueryLabelStore
     from tests.fixtures.bigquery import PROJECT
 
     dataset = f"{PROJECT}:retrain_{uuid.uuid4().hex[:8]}"

@@ -14,7 +14,7 @@ import random
 
 import pytest
 
-from connectors import duckdb_sql
+from connectors.query import duckdb_sql
 from pipelines import sentiment_pipeline
 from tests.test_portable_runner import job_service  # noqa: F401  (module fixture)
 

@@ -4,10 +4,10 @@ The whole job (`pulse run`'s entry point, the tiny model) replays posts spread o
 windows. Afterwards the runner's keyed state holds only what is meant to outlive a window:
 the replay's watermark and one key per keyword for the alert baselines (bounded by their
 own timer). Every window's aggregation state was dropped when the window expired
-(pipelines/direct_runner_triggers.py), every dedup bucket was emptied by its timer, and the
-keys left empty were forgotten (pipelines/direct_runner_state.py), so nothing stays behind
+(pipelines/direct_runner/triggers.py), every dedup bucket was emptied by its timer, and the
+keys left empty were forgotten (pipelines/direct_runner/state.py), so nothing stays behind
 to be scanned on each pass of the runner's loop or to hold memory. And the number of live MetricsContainers
-(pipelines/direct_runner_metrics.py) does not grow with the number of bundles: a run with
+(pipelines/direct_runner/metrics.py) does not grow with the number of bundles: a run with
 six times the bundles leaves as many as a short one. Nothing here is timed.
 """
 import datetime as dt
@@ -15,7 +15,8 @@ import json
 
 import pytest
 
-from pipelines import direct_runner_metrics, direct_runner_state, sentiment_pipeline
+from pipelines.direct_runner import metrics as direct_runner_metrics, state as direct_runner_state
+from pipelines import sentiment_pipeline
 from pipelines.sentiment_pipeline import counters
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -2,7 +2,7 @@
 import datetime as dt
 import json
 
-from connectors.sample_stream import SURGE_BRAND, SURGE_POSTS, build, malformed_messages
+from connectors.sources.sample_stream import SURGE_BRAND, SURGE_POSTS, build, malformed_messages
 from transforms.parse import ParseError, parse_post
 
 

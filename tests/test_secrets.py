@@ -15,8 +15,8 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from connectors import x_api
-from pipelines import ingest
+from connectors.feeds import x_api
+from pipelines.cli import ingest
 from tests.fixtures.x_api_server import FakeXApi
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,5 +1,5 @@
-"""Every view and query in sql/ on DuckDB, over Parquet files written here with pyarrow in
-the contract schema (connectors/duckdb_sql, connectors/sqlfiles, pipelines/sql_cli): the
+"""Every view and query in connectors/query/ on DuckDB, over Parquet files written here with pyarrow in
+the contract schema (connectors/query/duckdb_sql, connectors/query/sqlfiles, pipelines/cli/sql): the
 BigQuery functions' DuckDB stand-ins on edge values, the de-duplicating views (a rerun into
 the same output changes no figure), and `sentiment_windows_final` against the job's own
 aggregation code for fixed and sliding windows.
@@ -22,9 +22,9 @@ import pytest
 from apache_beam.transforms import window as beam_window
 from apache_beam.utils.timestamp import Timestamp
 
-from connectors import duckdb_sql, sqlfiles
+from connectors.query import duckdb_sql, sqlfiles
 from models.contracts import TABLES
-from pipelines import sql_cli
+from pipelines.cli import sql as sql_cli
 from transforms import aggregate
 
 pytestmark = pytest.mark.integration
@@ -380,7 +380,7 @@ def test_pulse_summary_missing_output(tmp_path, capsys):
     assert status == 2 and out == "" and err.startswith("pulse summary: no output directory")
 
 
-# ---- the DuckDB stand-ins for BigQuery functions (sql/duckdb_compat.sql) -----------------
+# ---- the DuckDB stand-ins for BigQuery functions (connectors/query/duckdb_compat.sql) -----------------
 
 
 @pytest.fixture
@@ -701,11 +701,11 @@ def test_a_rerun_into_the_same_output_changes_no_figure(tmp_path):
 def test_sentiment_windows_final_on_bigquery_equals_duckdb(bq_emulator, tmp_path):
     import uuid
 
-    from connectors import bigquery as cb
+    from connectors.sinks import bigquery as cb
     from tests.fixtures.bigquery import PROJECT
 
     # Whole seconds only: the emulator translates UNIX_SECONDS to DuckDB's rounding epoch()::BIGINT,
-    # the bug sql/duckdb_compat.sql fixes (BigQuery rounds down; the macro tests above pin that).
+    # the bug connectors/query/duckdb_compat.sql fixes (BigQuery rounds down; the macro tests above pin that).
     posts = [dict(p, beyond_lateness=(p["post_id"] == "p2") or None) for p in EDGE_POSTS
              if p["created_at"].microsecond == 0 and p["created_at"].year > 1970]
     client = cb.bigquery_client(PROJECT, bq_emulator)

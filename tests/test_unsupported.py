@@ -11,9 +11,9 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.transforms.window import FixedWindows, TimestampedValue
 
-from connectors import bigquery as bq
-from connectors import duckdb_sql
-from connectors.parquet import WriteParquetTables, arrow_schema, to_table
+from connectors.sinks import bigquery as bq
+from connectors.query import duckdb_sql
+from connectors.sinks.parquet import WriteParquetTables, arrow_schema, to_table
 from models.contracts import SCORED_POSTS, SENTIMENT_WINDOWS, TABLES
 from transforms.aggregate import Stats, WindowedSentiment, add_post, public_row, window_row
 from transforms.alerts import AlertSpec, WindowFigures, evaluate

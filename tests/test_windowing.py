@@ -15,7 +15,7 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
-from pipelines import direct_runner_metrics
+from pipelines.direct_runner import metrics as direct_runner_metrics
 from transforms.aggregate import WindowedSentiment
 from transforms.records import Post
 from transforms.windowing import WindowPosts, WindowSpec, is_too_late

@@ -29,7 +29,7 @@ import time
 
 import pytest
 
-from connectors import duckdb_sql
+from connectors.query import duckdb_sql
 from pipelines import sentiment_pipeline, worker_env
 from tests.test_portable_runner import job_service  # noqa: F401  (module fixture)
 

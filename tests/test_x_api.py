@@ -5,9 +5,9 @@ import random
 
 import pytest
 
-from connectors.checkpoint import Checkpoint, CheckpointError
-from connectors.rate_limit import Backoff, Fatal, FakeClock, GaveUp
-from connectors.x_api import RecentSearch, make_client, search_limiter, tweet_to_post
+from connectors.feeds.checkpoint import Checkpoint, CheckpointError
+from connectors.feeds.rate_limit import Backoff, Fatal, FakeClock, GaveUp
+from connectors.feeds.x_api import RecentSearch, make_client, search_limiter, tweet_to_post
 
 
 def test_tweet_to_post_keeps_contract_fields():

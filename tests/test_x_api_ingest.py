@@ -8,11 +8,11 @@ import threading
 
 import pytest
 
-from connectors.checkpoint import Checkpoint
-from connectors.publisher import Publisher
-from connectors.rate_limit import Backoff, FakeClock
-from connectors.x_api import Ingester, RecentSearch, make_client, search_limiter
-from pipelines import ingest
+from connectors.feeds.checkpoint import Checkpoint
+from connectors.feeds.publisher import Publisher
+from connectors.feeds.rate_limit import Backoff, FakeClock
+from connectors.feeds.x_api import Ingester, RecentSearch, make_client, search_limiter
+from pipelines.cli import ingest
 
 pytestmark = pytest.mark.integration
 

@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from connectors.publisher import Publisher
-from connectors.rate_limit import Fatal, FakeClock
-from connectors.x_stream import FilteredStream, make_stream_client, stream_backoff, stream_limiters
-from pipelines import ingest
+from connectors.feeds.publisher import Publisher
+from connectors.feeds.rate_limit import Fatal, FakeClock
+from connectors.feeds.x_stream import FilteredStream, make_stream_client, stream_backoff, stream_limiters
+from pipelines.cli import ingest
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ key (11 % of the job's time); a post that arrives after its window's on-time pan
 fires one late pane per bundle, not one per post. Panes accumulate (see
 transforms/windowing.py), so every pane restates the
 window in full and carries its index and timing (EARLY, ON_TIME, LATE). The figures are
-plain sums that SQL over scored_posts reproduces exactly (sql/ and the end-to-end test).
+plain sums that SQL over scored_posts reproduces exactly (connectors/query/ and the end-to-end test).
 
 The accumulator also keeps the most negative post ids of the window, which alerts
 quote as samples; they are not part of the SentimentWindow row.

@@ -350,7 +350,7 @@ class ScorePosts(beam.PTransform):
     With several routes (`--model en=bundled --model '*=DIR'`) posts are split by language
     (`route_index`), each route scored by its own RunInference; a post no route takes becomes
     an unsupported_language row (label NULL). `model_metadata` maps a route index to a
-    ModelMetadata PCollection (the job's watch of a model registry, connectors/model_watch.py, or
+    ModelMetadata PCollection (the job's watch of a model registry, connectors/sources/model_watch.py, or
     a test's TestStream) fed to that route's `RunInference(model_metadata_pcoll=...)`: a promotion
     swaps the model without a restart, and every row carries the version of the model that
     scored it (from the prediction's model_id, through `spec_for`).

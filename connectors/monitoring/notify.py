@@ -62,7 +62,7 @@ import urllib.request
 from email.message import EmailMessage
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from connectors.rate_limit import Backoff, SystemClock, TokenBucket
+from connectors.feeds.rate_limit import Backoff, SystemClock, TokenBucket
 
 TYPES = ("slack", "webhook", "email")
 UTC = dt.timezone.utc
@@ -438,7 +438,7 @@ INCIDENTS_SQL = ("SELECT incident_id, keyword, started_at, ended_at, peak_at, pe
 
 def table_alerts(output: str, incidents: bool = False) -> list[dict]:
     """The alerts (or incidents) of a Parquet output, oldest first."""
-    from connectors import duckdb_sql
+    from connectors.query import duckdb_sql
 
     try:
         columns, rows = duckdb_sql.query(output, INCIDENTS_SQL if incidents else ALERTS_SQL)
