@@ -4,8 +4,9 @@
     pulse dashboard --output my-proj:pulse       # BigQuery
 
 Pages (sidebar, or `?page=` in the address, so that links between pages work):
-Overview, Alerts, Posts, Health, Review. Every page but Review re-reads the tables every
-`PULSE_DASHBOARD_REFRESH` seconds (a Streamlit fragment with run_every) while a job writes;
+Overview, Alerts, Compare, Posts, Health, Accuracy, Review. Every page but Review looks every
+`PULSE_DASHBOARD_REFRESH` seconds whether the output changed (a Streamlit fragment with
+run_every that draws nothing) and re-reads the tables only then;
 Review reloads its queue after each label, not under the reviewer's hands.
 
 Settings come from the environment, set by `pulse dashboard` (dashboard/cli.py):
@@ -619,31 +620,45 @@ def main() -> None:
     finally:
         probe.close()
 
-    @st.fragment(run_every=conf["refresh"] or None)
-    def body():
-        source = open_source(conf)
-        if source is None:
-            return
-        try:
-            span = current_span(source, fixed)
-            if page == "Overview":
-                overview(source, keyword, lang, span)
-            elif page == "Alerts":
-                alerts_page(source, keyword, span)
-            elif page == "Compare":
-                compare_page(source, span)
-            elif page == "Posts":
-                posts_page(source, keyword, lang, span)
-            elif page == "Accuracy":
-                accuracy_page(source, keyword, conf)
-            else:
-                health_page(source, span)
-            every = f"refreshes every {conf['refresh']:g} s" if conf["refresh"] else "no automatic refresh"
-            st.caption(f"read at {dt.datetime.now(dt.timezone.utc):%H:%M:%S} UTC; {every}")
-        finally:
-            source.close()
+    source = open_source(conf)
+    if source is None:
+        return
+    try:
+        span = current_span(source, fixed)
+        if page == "Overview":
+            overview(source, keyword, lang, span)
+        elif page == "Alerts":
+            alerts_page(source, keyword, span)
+        elif page == "Compare":
+            compare_page(source, span)
+        elif page == "Posts":
+            posts_page(source, keyword, lang, span)
+        elif page == "Accuracy":
+            accuracy_page(source, keyword, conf)
+        else:
+            health_page(source, span)
+    finally:
+        source.close()
+    every = (f"re-read when the job writes (looked every {conf['refresh']:g} s)" if conf["refresh"]
+             else "no automatic refresh")
+    st.caption(f"read at {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC; {every}")
+    if conf["refresh"]:
+        watch(conf)
 
-    body()
 
+def watch(conf: dict) -> None:
+    """Re-run the page only when the output changed (data.fingerprint), checked every
+    --refresh seconds by a fragment that draws nothing: a finished run is never re-read, so
+    the page is never greyed out while nothing is new."""
+    st.session_state.setdefault("fingerprint", data.fingerprint(conf["output"], conf["project"]))
+
+    @st.fragment(run_every=conf["refresh"])
+    def look():
+        now = data.fingerprint(conf["output"], conf["project"])
+        if now != st.session_state.get("fingerprint"):
+            st.session_state["fingerprint"] = now
+            st.rerun()
+
+    look()
 
 main()

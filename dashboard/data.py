@@ -14,6 +14,7 @@ and plain values and return pandas DataFrames, so tests call them without Stream
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 from typing import Any, Mapping
 
@@ -152,6 +153,39 @@ def open_source(output: str, settings: sqlfiles.ViewSettings | None = None, proj
     if not os.path.isdir(output):
         raise SourceError(f"no output directory {output!r}: run the job first (pulse run --output {output})")
     return ParquetSource(output, settings)
+
+
+FINGERPRINT = """
+SELECT (SELECT MAX(emitted_at) FROM ${dataset}.sentiment_windows) AS windows,
+       (SELECT COUNT(*) FROM ${dataset}.scored_posts) AS posts,
+       (SELECT COUNT(*) FROM ${dataset}.dead_letters) AS dead_letters,
+       (SELECT COUNT(*) FROM ${dataset}.labels) AS labels
+"""
+
+
+def fingerprint(output: str, project: str | None = None) -> str:
+    """What changes when the job or a reviewer writes: for a Parquet output the names, sizes and
+    modification times of its visible files; for BigQuery the latest pane and the row counts of
+    the tables that grow. The page re-reads its tables only when this changes."""
+    if output_kind(output) == "bigquery":
+        try:
+            source = open_source(output, project=project)
+            return repr(source.frame(FINGERPRINT).to_dict("records"))
+        except Exception as e:  # noqa: BLE001  (the page itself says why it cannot read)
+            return f"error: {type(e).__name__}"
+    digest = hashlib.sha256()
+    for root, dirs, files in os.walk(output):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith("."):
+                continue  # being written
+            path = os.path.join(root, name)
+            try:
+                info = os.stat(path)
+            except FileNotFoundError:
+                continue
+            digest.update(f"{os.path.relpath(path, output)}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 # ---- the queries (BigQuery SQL over the views of connectors/query/views.sql) ---------------------------

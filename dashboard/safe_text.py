@@ -5,8 +5,9 @@ Everywhere else the dashboard shows such text with text elements (st.text, st.co
 dataframes), which render nothing. `md(value)` is for the few places a label must carry it:
 every ASCII punctuation character is backslash-escaped (CommonMark shows an escaped
 character as itself), so `#`, `![..](..)`, `[..](..)`, `$..$` (LaTeX), backticks, `<`,
-`&amp;` and `:red[..]` stay the characters they are; line breaks and other control
-characters become spaces, so a label stays one line.
+`&amp;` and `:red[..]` stay the characters they are; a bare address (http://, www., an
+e-mail address) gets an invisible word joiner so that it is not made a link; line breaks and
+other control characters become spaces, so a label stays one line.
 
     python -c "from dashboard.safe_text import md; print(md('# URGENT ![x](http://e.x/a.png) \$x\$'))"
 """
@@ -27,9 +28,16 @@ def one_line(value) -> str:
     return _BIDI.sub(" ", text)
 
 
+# GitHub-flavoured Markdown turns a bare address into a link even when its punctuation is
+# escaped (autolink literals: http://, www., name@host): an invisible word joiner breaks them.
+_AUTOLINK = re.compile(r"(?i)(?<=:)(?=//)|(?<=www)(?=\.)|(?<=@)")
+WORD_JOINER = "\u2060"
+
+
 def md(value) -> str:
-    """`value` (untrusted) escaped for a Markdown-rendering label: shown as the characters it holds."""
-    return _PUNCTUATION.sub(r"\\\1", one_line(value))
+    """`value` (untrusted) escaped for a Markdown-rendering label: shown as the characters it holds
+    (plus invisible word joiners that keep an address from becoming a link)."""
+    return _PUNCTUATION.sub(r"\\\1", _AUTOLINK.sub(WORD_JOINER, one_line(value)))
 
 
 def decoded(value) -> str:

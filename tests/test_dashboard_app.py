@@ -239,8 +239,10 @@ def test_posts_page_pages_through_every_post_newest_first_with_filters_in_the_ad
 
 def test_posts_text_is_shown_decoded(monkeypatch, hostile_dashboard_output):
     out, ids = hostile_dashboard_output
-    at = app(monkeypatch, out, page="Posts", search="AT&amp;T")
-    assert at.dataframe[0].value["text"].str.contains("AT&T").all() and len(at.dataframe[0].value) == 1
+    at = app(monkeypatch, out, page="Posts", search="AT&amp;T")  # the text as stored
+    shown = at.dataframe[0].value["text"]
+    assert shown.str.contains("AT&T").all() and not shown.str.contains("&amp;").any()
+    assert any(t.startswith("$$\\Huge") for t in shown)  # the hostile post among the sample's
 
 
 def test_compare_ranks_brands_against_their_previous_period(monkeypatch, dashboard_output):
@@ -270,3 +272,27 @@ def test_compare_ranks_brands_against_their_previous_period(monkeypatch, dashboa
     assert list(table["net_sentiment"]) == sorted(table["net_sentiment"], reverse=True)
     assert list(table["rank"]) == list(range(1, len(table) + 1))
     assert "Ranking now" in at.subheader[0].value
+
+
+def test_the_page_is_re_read_only_when_the_output_changes(monkeypatch, fresh_dashboard_output):
+    """The page looks every --refresh seconds whether the output changed (data.fingerprint) and
+    re-runs only then: a finished run's page stays as it is (never greyed by a re-read)."""
+    import pathlib
+
+    out = fresh_dashboard_output
+    before = data.fingerprint(out)
+    assert data.fingerprint(out) == before
+    hidden = pathlib.Path(out) / "scored_posts" / ".tmp-being-written.parquet"
+    hidden.write_bytes(b"partial")
+    assert data.fingerprint(out) == before  # a file being written is not news
+    desk = data.label_store(data.open_source(out))
+    assert desk.record(data.review_queue(data.open_source(out)).iloc[0].to_dict(), "negative", "ana")[0]
+    assert data.fingerprint(out) != before
+    monkeypatch.setenv("PULSE_DASHBOARD_OUTPUT", out)
+    monkeypatch.setenv("PULSE_DASHBOARD_REFRESH", "5")
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["page"] = "Overview"
+    at.run()
+    no_traceback(at)
+    assert at.session_state["fingerprint"] == data.fingerprint(out)
+    assert any("re-read when the job writes" in c.value for c in at.caption)

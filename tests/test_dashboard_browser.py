@@ -209,7 +209,9 @@ for (const i of document.querySelectorAll('img')) {
   if (!i.src.startsWith(location.origin) && !i.src.startsWith('data:')) out.push('image: ' + i.src);
 }
 for (const a of document.querySelectorAll('a[href]')) {
-  if (/evil|javascript:/.test(a.getAttribute('href'))) out.push('link: ' + a.getAttribute('href'));
+  if (!a.href.startsWith(location.origin + '/') || /javascript:/i.test(a.getAttribute('href'))) {
+    out.push('link: ' + a.getAttribute('href'));  // only the dashboard's own links (its pages)
+  }
 }
 for (const k of document.querySelectorAll('.katex, .katex-display, math')) out.push('formula: ' + k.textContent);
 for (const b of document.querySelectorAll('strong, b')) {

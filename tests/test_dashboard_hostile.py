@@ -60,13 +60,14 @@ def unescaped_attack(value: str) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("text", [*HOSTILE_TEXTS, "plain", "a\nb\x1b[31mc\u202ed", "AT&amp;T `x` $y$ :red[z]"])
+@pytest.mark.parametrize("text", [*HOSTILE_TEXTS, "plain", "a\nb\x1b[31mc\u202ed", "AT&amp;T `x` $y$ :red[z]",
+                                  "see http://evil.example/x, www.evil.example and ana@evil.example"])
 def test_md_shows_the_characters_it_is_given(text):
     escaped = md(text)
     assert unescaped_attack(escaped) is None
     assert "\n" not in escaped and "\x1b" not in escaped and "\u202e" not in escaped
     # Removing the escapes gives back the text (on one line): nothing was dropped.
-    assert re.sub(r"\\(.)", r"\1", escaped) == one_line(text)
+    assert re.sub(r"\\(.)", r"\1", escaped).replace("\u2060", "") == one_line(text)
     assert decoded("AT&amp;T &lt;b&gt;") == "AT&T <b>"
 
 
