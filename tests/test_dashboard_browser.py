@@ -130,6 +130,24 @@ def test_the_page_shows_the_tables_figures_and_labels_go_to_the_labels_table(das
     assert shown["Negative share"] == f"{negative / posts:.1%}"
     assert shown["Alerts"] == str(alerts)
     browser.save_screenshot(os.path.join(screenshot_dir(tmp_path), "dashboard-overview.png"))
+
+    # Alerts: incidents first; the first opens onto its alerts, drivers, example and sample posts.
+    [(incidents,)] = sql(out, "SELECT count(*) FROM incidents")
+    browser.get(url + "/?page=Alerts")
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, '[data-testid="stExpander"] summary'))
+             == incidents)
+    first = browser.find_elements(By.CSS_SELECTOR, '[data-testid="stExpander"] summary')[0]
+    browser.execute_script("arguments[0].click()", first)
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, '[data-testid="stExpander"] '
+                                                                     '[data-testid="stDataFrame"]')) >= 4)
+    assert "Drivers: terms that set" in browser.find_element(By.TAG_NAME, "body").text
+    browser.save_screenshot(os.path.join(screenshot_dir(tmp_path), "dashboard-alerts.png"))
+
+    # Compare: the ranking of brands now against the period before.
+    browser.get(url + "/?page=Compare")
+    wait_for(browser, lambda d: "Ranking now" in d.find_element(By.TAG_NAME, "body").text
+             and d.find_elements(By.CSS_SELECTOR, '[data-testid="stDataFrame"]'))
+    browser.save_screenshot(os.path.join(screenshot_dir(tmp_path), "dashboard-compare.png"))
     print(f"first page rendered in {first_render_s:.1f} s")
 
     browser.get(url + "/?page=Health")
