@@ -17,7 +17,7 @@ BEAM_VERSION := $(shell sed -n 's/^apache-beam\[gcp\]==//p' requirements.in)
 PRISM_MODULE := github.com/apache/beam/sdks/v2
 PRISM := .cache/beam/prism-$(BEAM_VERSION)/prism
 
-.PHONY: help setup data train run test bench bench-live lock clean browser dashboard retrain prism
+.PHONY: help setup data train run test bench bench-live lock clean browser dashboard retrain prism screenshots
 
 help:
 	@echo "make run    - set up .venv, build the sample stream, run the job, print a SQL summary"
@@ -28,6 +28,7 @@ help:
 	@echo "make bench  - benchmarks (bench/README.md): serving, then live through the Pub/Sub emulator"
 	@echo "make bench-live - the live benchmark only (BENCH_MINUTES=10 for the soak, BENCH_RATES=100,500,1000)"
 	@echo "make dashboard - the dashboard and review desk over the last run (http://127.0.0.1:8501)"
+	@echo "make screenshots - the dashboard screenshots in docs/, taken in headless Chromium on the sample output"
 	@echo "make dataflow, flex-template, flex-run, flink, worker-pool, image - deployment (deploy/README.md)"
 
 # The virtual environment is rebuilt when the pins change.
@@ -76,6 +77,12 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	else echo "note: chromium and chromedriver are missing and cannot be installed here (needs root and apt):" \
 	  "the dashboard's browser test will skip"; fi
+
+# The screenshots in docs/ (dashboard-overview, -alerts, -compare, -review .png): the browser test
+# run on the sample output, saving its screenshots there.
+screenshots: $(DATA)/.stamp browser
+	PULSE_SCREENSHOT_DIR=docs $(VENV)/bin/pytest tests/test_dashboard_browser.py -q \
+	  -k test_the_page_shows_the_tables_figures_and_labels_go_to_the_labels_table
 
 test: $(DATA)/.stamp browser prism
 	$(VENV)/bin/pytest

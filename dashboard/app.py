@@ -4,8 +4,9 @@
     pulse dashboard --output my-proj:pulse       # BigQuery
 
 Pages (sidebar, or `?page=` in the address, so that links between pages work):
-Overview, Alerts, Posts, Health, Review. Every page but Review re-reads the tables every
-`PULSE_DASHBOARD_REFRESH` seconds (a Streamlit fragment with run_every) while a job writes;
+Overview, Alerts, Compare, Posts, Health, Accuracy, Review. Every page but Review looks every
+`PULSE_DASHBOARD_REFRESH` seconds whether the output changed (a Streamlit fragment with
+run_every that draws nothing) and re-reads the tables only then;
 Review reloads its queue after each label, not under the reviewer's hands.
 
 Settings come from the environment, set by `pulse dashboard` (dashboard/cli.py):
@@ -25,9 +26,11 @@ import pandas as pd
 import streamlit as st
 
 from connectors.query import sqlfiles
+from connectors.sinks.labels import check_reviewer
 from dashboard import data
+from dashboard.safe_text import decoded, md
 
-PAGES = ("Overview", "Alerts", "Posts", "Health", "Accuracy", "Review")
+PAGES = ("Overview", "Alerts", "Compare", "Posts", "Health", "Accuracy", "Review")
 ALL = "*"
 SHORTCUTS = {"negative": "1", "neutral": "2", "positive": "3", "skip": "S"}
 
@@ -59,10 +62,10 @@ def open_source(conf: dict) -> data.Source | None:
     try:
         source = data.open_source(conf["output"], conf["views"], conf["project"])
     except data.SourceError as e:
-        st.error(str(e))
+        st.error(md(e))
         return None
     for warning in source.warnings:
-        st.warning(warning)
+        st.warning(md(warning))
     return source
 
 
@@ -123,7 +126,7 @@ def current_span(source: data.Source, fixed):
 # ---- pages --------------------------------------------------------------------------------
 
 def overview(source: data.Source, keyword: str, lang: str, span) -> None:
-    st.header("Overview" + ("" if keyword == ALL else f": {keyword}"))
+    st.header("Overview" + ("" if keyword == ALL else f": {md(keyword)}"))
     if span is None:
         st.info("No sentiment windows yet: the job has not written any (or is still in its first window).")
         return
@@ -186,41 +189,207 @@ def overview(source: data.Source, keyword: str, lang: str, span) -> None:
 
 
 def alerts_page(source: data.Source, keyword: str, span) -> None:
+    """Incidents first (consecutive alerts of a keyword and their '*' echoes, view incidents),
+    each opening onto its alerts, its drivers (what set it apart from the keyword's baseline),
+    example posts of the drivers and the alerts' sample posts; then drivers of any window."""
     st.header("Alerts")
     if span is None:
         st.info("No windows yet, so no alerts.")
         return
-    frame = data.alerts(source, keyword, *span)
-    if frame.empty:
+    incidents = data.incidents(source, keyword, *span)
+    if incidents.empty:
         st.info("No alert in this range.")
+    else:
+        st.subheader(f"Incidents ({len(incidents)}), the latest first")
+        st.caption("An incident is a keyword's consecutive alerts (one quiet window apart at most) with the "
+                   "all-keywords ('*') alerts that echo them; open: no quiet window after it yet.")
+        st.dataframe(incidents.drop(columns=["incident_id"]), hide_index=True, use_container_width=True,
+                     column_config=_time_columns(incidents))
+        members = data.incident_alerts(source, incidents["incident_id"].tolist())
+        for _, incident in incidents.iterrows():
+            _incident(source, incident, members[members["incident_id"] == incident["incident_id"]])
+    _window_drivers(source, keyword, span)
+
+
+def _incident(source: data.Source, incident, alerts: pd.DataFrame) -> None:
+    started, ended = pd.Timestamp(incident["started_at"]), pd.Timestamp(incident["ended_at"])
+    title = (f"{started:%Y-%m-%d %H:%M}–{ended:%H:%M} UTC · {md(incident['keyword'])} · {md(incident['kinds'])} · "
+             f"peak z = {incident['peak_zscore']:.1f} at {pd.Timestamp(incident['peak_at']):%H:%M} · "
+             f"{int(incident['alerts'])} alerts · {incident['status']}")
+    with st.expander(title):
+        link = page_link("Posts", keyword=None if incident["keyword"] == ALL else incident["keyword"],
+                         start=_iso(started), end=_iso(ended))
+        st.markdown(f"[Posts of this incident]({link})")
+        st.text("Alerts")
+        st.dataframe(alerts.drop(columns=["incident_id", "sample_post_ids"]), hide_index=True,
+                     use_container_width=True, column_config=_time_columns(alerts))
+        _drivers(source, incident["keyword"], started.to_pydatetime(), ended.to_pydatetime())
+        ids = sorted({i for row in alerts["sample_post_ids"] if row is not None for i in list(row)})
+        st.text("Sample posts of the alerts")
+        st.dataframe(_decoded(data.posts_by_id(source, ids)), hide_index=True, use_container_width=True)
+
+
+def _drivers(source: data.Source, keyword: str, start: dt.datetime, end: dt.datetime) -> None:
+    drivers = data.drivers(source, keyword, start, end)
+    baseline = data.BASELINE_WINDOWS * source.settings.window_size // 60
+    st.text(f"Drivers: terms that set {start:%H:%M}–{end:%H:%M} UTC apart from the {baseline} minutes before "
+            "(posts holding each; log-odds with an informative Dirichlet prior, as a z-score)")
+    if drivers.empty:
+        st.text("No terms in this window.")
         return
-    st.dataframe(frame.drop(columns=["sample_post_ids"]), hide_index=True, use_container_width=True)
-    for _, alert in frame.iterrows():
-        start = pd.Timestamp(alert["window_start"])
-        title = (f"{start:%Y-%m-%d %H:%M} · {alert['keyword']} · {alert['kind']} · z = {alert['zscore']:.1f} "
-                 f"(value {alert['value']:.3g}, baseline {alert['baseline']:.3g})")
-        with st.expander(title):
-            link = page_link("Posts", keyword=alert["keyword"], start=_iso(alert["window_start"]),
-                             end=_iso(alert["window_end"]))
-            st.markdown(f"[Posts of this window]({link})")
-            ids = list(alert["sample_post_ids"]) if alert["sample_post_ids"] is not None else []
-            st.dataframe(data.posts_by_id(source, ids), hide_index=True, use_container_width=True)
+    st.dataframe(drivers, hide_index=True, use_container_width=True,
+                 column_config={"log_odds": st.column_config.NumberColumn(format="%.2f"),
+                                "zscore": st.column_config.NumberColumn(format="%.2f")})
+    examples = data.driver_examples(source, keyword, start, end, drivers["term"].head(5).tolist())
+    if not examples.empty:
+        st.text("Example posts of the first five drivers")
+        st.dataframe(_decoded(examples), hide_index=True, use_container_width=True)
+
+
+def _window_drivers(source: data.Source, keyword: str, span) -> None:
+    """Drivers of any window, on demand: the keyword of the sidebar, a window picked here."""
+    st.subheader("Drivers of a window")
+    frame = data.windows(source, keyword, ALL, *span)
+    if frame.empty:
+        st.caption("No windows in this range.")
+        return
+    starts = [pd.Timestamp(t).to_pydatetime() for t in frame["window_start"]]
+    chosen = st.selectbox("Window (UTC)", list(range(len(starts))), index=len(starts) - 1, key="drivers-window",
+                          format_func=lambda i: f"{starts[i]:%Y-%m-%d %H:%M} ({int(frame['posts'].iloc[i])} posts)")
+    if st.button("Find drivers", key="drivers-go"):
+        start = starts[chosen]
+        _drivers(source, keyword, start, pd.Timestamp(frame["window_end"].iloc[chosen]).to_pydatetime())
+
+
+def _decoded(frame: pd.DataFrame) -> pd.DataFrame:
+    """Post text as written (HTML entities decoded) for a dataframe, which renders nothing."""
+    if "text" in frame:
+        frame = frame.assign(text=[decoded(t) for t in frame["text"]])
+    return frame
+
+
+def _time_columns(frame: pd.DataFrame) -> dict:
+    """Dates and 24-hour times (UTC) for every timestamp column of a dataframe."""
+    return {c: st.column_config.DatetimeColumn(c, format="YYYY-MM-DD HH:mm:ss", timezone="UTC")
+            for c in frame.columns if pd.api.types.is_datetime64_any_dtype(frame[c])}
+
+
+PERIODS = {"15": "the last 15 minutes", "30": "the last 30 minutes", "60": "the last hour",
+           "all": "the whole range"}
+
+
+def compare_page(source: data.Source, span) -> None:
+    """Keywords (brands) side by side: share of voice, negative share and net sentiment in a
+    period against the period of the same length before it, a ranking now, and each over time."""
+    st.header("Compare")
+    if span is None:
+        st.info("No windows yet.")
+        return
+    keys = list(PERIODS)
+    chosen = st.query_params.get("period", "15")
+    period = st.radio("Period", keys, index=keys.index(chosen) if chosen in keys else 0, horizontal=True,
+                      format_func=PERIODS.get)
+    _remember({"period": None if period == "15" else period}, ("period",))
+    end = span[1]
+    start = span[0] if period == "all" else max(span[0], end - dt.timedelta(minutes=int(period)))
+    table = data.compare(source, start, end)
+    if table.empty:
+        st.info("No keyword has posts in this period.")
+        return
+    before = start - (end - start)
+    st.subheader(f"Ranking now: {start:%Y-%m-%d %H:%M}–{end:%H:%M} UTC, against {before:%H:%M}–{start:%H:%M}")
+    st.caption("net sentiment = (positive - negative) / labelled posts; share of voice = the keyword's posts / all "
+               "keywords' posts; negative share = negative / labelled posts; *_before: the period of the same "
+               "length before; *_change: now minus before. Ranked by net sentiment, best first.")
+    few = table[table["labelled"] < 20]
+    if not few.empty:
+        st.caption(f"{len(few)} keyword(s) with fewer than 20 labelled posts now: their shares are rough.")
+    percent = {c: st.column_config.NumberColumn(c, format="percent") for c in table.columns
+               if c.startswith(("share_of_voice", "negative_share"))}
+    signed = {c: st.column_config.NumberColumn(c, format="%+.3f") for c in table.columns
+              if c.startswith("net_sentiment")}
+    st.dataframe(table, hide_index=True, use_container_width=True, column_config={**percent, **signed})
+    over_time = data.compare_over_time(source, before if period != "all" else start, end)
+    if over_time.empty:
+        return
+    over_time["window_start"] = pd.to_datetime(over_time["window_start"], utc=True)
+    x = alt.X("window_start:T", title="window (UTC)", axis=alt.Axis(format="%m-%d %H:%M"))
+    for metric, title, fmt in (("net_sentiment", "net sentiment", "+.2f"), ("negative_share", "negative share", "%"),
+                               ("share_of_voice", "share of voice", "%")):
+        st.subheader(f"{title.capitalize()} per window (the period before: left of the rule)")
+        chart = alt.Chart(over_time).mark_line(point=True).encode(
+            x=x, y=alt.Y(f"{metric}:Q", title=title, axis=alt.Axis(format=fmt)), color=alt.Color("keyword:N"),
+            tooltip=[alt.Tooltip("window_start:T", format="%Y-%m-%d %H:%M"), "keyword:N", "posts:Q",
+                     alt.Tooltip(f"{metric}:Q", format=".3f")])
+        rule = alt.Chart(pd.DataFrame({"t": [pd.Timestamp(start)]})).mark_rule(strokeDash=[4, 3]).encode(x="t:T")
+        st.altair_chart(alt.layer(chart, rule).properties(height=200), use_container_width=True)
+
+
+PAGE_SIZE = 100
+_LABELS = ["*", "negative", "neutral", "positive", "none"]
+_REVIEWED = ["*", "yes", "no"]
+
+
+def _param_float(name: str, default: float, low: float, high: float) -> float:
+    try:
+        return min(max(float(st.query_params.get(name, default)), low), high)
+    except (TypeError, ValueError):
+        return default
 
 
 def posts_page(source: data.Source, keyword: str, lang: str, span) -> None:
+    """Every post of the range, newest first, a page at a time; filters by text, label,
+    confidence, score and review; the text as written (entities decoded); the reviewers'
+    labels beside the model's. The filters live in the address, so a filtered view has a URL."""
     st.header("Posts")
     if span is None:
         st.info("No posts yet.")
         return
-    search = st.text_input("Search the text", value=st.query_params.get("search", ""))
-    frame = data.posts(source, keyword, lang, span[0], span[1], search)
-    unlabelled = int(frame["skip_reason"].notna().sum()) if "skip_reason" in frame else 0
-    st.caption(f"{len(frame)} posts{' (first 1,000)' if len(frame) == 1000 else ''}, "
-               f"{span[0]:%Y-%m-%d %H:%M} to {span[1]:%H:%M} UTC"
-               + (f"; {unlabelled} without a label (skip_reason says why)" if unlabelled else ""))
-    st.dataframe(frame, hide_index=True, use_container_width=True,
+    params = st.query_params
+    search = st.text_input("Search the text", value=params.get("search", ""))
+    cols = st.columns(4)
+    label = cols[0].selectbox("Model label", _LABELS, format_func=lambda v: "any" if v == "*" else v,
+                              index=_LABELS.index(params.get("label", "*")) if params.get("label") in _LABELS else 0)
+    confidence = cols[1].slider("Confidence", 0.0, 1.0, (_param_float("min_confidence", 0.0, 0.0, 1.0),
+                                                         _param_float("max_confidence", 1.0, 0.0, 1.0)), step=0.05)
+    score = cols[2].slider("Score", -1.0, 1.0, (_param_float("min_score", -1.0, -1.0, 1.0),
+                                                _param_float("max_score", 1.0, -1.0, 1.0)), step=0.05)
+    reviewed = cols[3].selectbox("Reviewed", _REVIEWED, format_func=lambda v: "any" if v == "*" else v,
+                                 index=_REVIEWED.index(params.get("reviewed", "*"))
+                                 if params.get("reviewed") in _REVIEWED else 0)
+    filters = {"label": label, "min_confidence": confidence[0], "max_confidence": confidence[1],
+               "min_score": score[0], "max_score": score[1], "reviewed": reviewed}
+    total = data.posts_count(source, keyword, lang, span[0], span[1], search, **filters)
+    pages = max(1, -(-total // PAGE_SIZE))
+    try:
+        wanted = min(max(int(params.get("p", 1)), 1), pages)
+    except ValueError:
+        wanted = 1
+    page = st.number_input(f"Page (of {pages:,})", min_value=1, max_value=pages, value=wanted, step=1)
+    _remember({"search": search or None, **{k: v for k, v in filters.items() if v != data.POST_FILTERS[k]},
+               "p": page if page > 1 else None}, ("search", *data.POST_FILTERS, "p"))
+    frame = data.posts(source, keyword, lang, span[0], span[1], search, limit=PAGE_SIZE,
+                       offset=(page - 1) * PAGE_SIZE, **filters)
+    first = (page - 1) * PAGE_SIZE + 1 if total else 0
+    st.caption(f"posts {first:,}–{first + len(frame) - 1 if total else 0:,} of {total:,} (newest first), "
+               f"created {span[0]:%Y-%m-%d %H:%M} to {span[1]:%Y-%m-%d %H:%M} UTC; reviewer_labels: the label each "
+               "reviewer holds now")
+    st.dataframe(_decoded(frame), hide_index=True, use_container_width=True,
                  column_config={"confidence": st.column_config.ProgressColumn("confidence", min_value=0, max_value=1),
-                                "score": st.column_config.NumberColumn("score", format="%.3f")})
+                                "score": st.column_config.NumberColumn("score", format="%.3f"),
+                                "text": st.column_config.TextColumn("text", width="large"),
+                                **_time_columns(frame)})
+
+
+def _remember(values: dict, names) -> None:
+    """Filters into the address (st.query_params): the filtered view has its own URL."""
+    for name in names:
+        value = values.get(name)
+        if value is None:
+            if name in st.query_params:
+                del st.query_params[name]
+        elif st.query_params.get(name) != str(value):
+            st.query_params[name] = str(value)
 
 
 def health_page(source: data.Source, span) -> None:
@@ -299,24 +468,30 @@ def review_page(source: data.Source, conf: dict) -> None:
     if not reviewer.strip():
         st.warning("Enter your name as reviewer (sidebar) to label posts.")
         return
+    try:
+        reviewer = check_reviewer(reviewer)
+    except ValueError as e:
+        st.error(md(e))
+        return
     store = data.label_store(source, conf["project"])
     notice = st.session_state.pop("label_notice", None)
     if notice:
-        (st.success if notice[0] == "ok" else st.info)(notice[1])
+        (st.success if notice[0] == "ok" else st.info)(md(notice[1]))
     queue = data.review_queue(source, store.labelled(reviewer))
     mode = st.radio("Show", ["one at a time", "as a list"], horizontal=True, label_visibility="collapsed")
-    st.caption(f"{len(queue)} low-confidence posts left for {reviewer}, oldest first. "
+    st.caption(f"{len(queue)} low-confidence posts left for {md(reviewer)}, oldest first. "
                "Shortcuts: 1 negative, 2 neutral, 3 positive, S skip.")
     if queue.empty:
         st.success("Nothing left to review.")
     elif mode == "one at a time":
         post = queue.iloc[0].to_dict()
         with st.container(border=True):
-            st.markdown(f"**{post['keyword']}** · {post['lang']} · "
-                        f"{pd.Timestamp(post['created_at']):%Y-%m-%d %H:%M:%S} UTC · post `{post['post_id']}`")
-            st.markdown(f"> {post['text']}")
-            st.caption(f"model: {post['model_label']} (confidence {post['confidence']:.2f}, "
-                       f"{post['model_version']})")
+            # Everything here came from the post: text elements only (they render no Markdown).
+            st.text(f"{post['keyword']} · {post['lang']} · "
+                    f"{pd.Timestamp(post['created_at']):%Y-%m-%d %H:%M:%S} UTC · post {post['post_id']}")
+            st.text(decoded(post["text"]))
+            st.text(f"model: {post['model_label']} (confidence {post['confidence']:.2f}, "
+                    f"{post['model_version']})")
         cols = st.columns(4)
         for col, label in zip(cols, data.LABEL_CHOICES):
             # on_click with the post as rendered: the label goes to the post this page showed,
@@ -379,7 +554,7 @@ _FIGURES = ["labels", "contested", "accuracy", "macro_f1", "f1_negative", "f1_ne
 def accuracy_page(source: data.Source, keyword: str, conf: dict) -> None:
     """The live model against the review desk's resolved labels (view model_accuracy), beside the
     model's own evaluation, and the model_degraded / drift alerts."""
-    st.header("Accuracy" + (f": {keyword}" if keyword != ALL else ""))
+    st.header("Accuracy" + (f": {md(keyword)}" if keyword != ALL else ""))
     figures = data.accuracy(source)
     expected, where = data.expected_figures(conf["model"])
     if figures.empty:
@@ -397,12 +572,12 @@ def accuracy_page(source: data.Source, keyword: str, conf: dict) -> None:
             f1 = "n/a" if pd.isna(row["macro_f1"]) else f"{row['macro_f1']:.3f}"
             delta = None if pd.isna(row["macro_f1"]) or pd.isna(row["evaluation"]) else \
                 f"{row['macro_f1'] - row['evaluation']:+.3f} vs evaluation"
-            col.metric(f"Macro-F1 {row['model_version']}", f1, delta,
+            col.metric(f"Macro-F1 {md(row['model_version'])}", f1, delta,
                        help=f"over {int(row['labels'])} labels ({int(row['contested'])} contested posts left out); "
-                            f"evaluation: {where}")
+                            f"evaluation: {md(where)}")
         st.subheader("Per model version")
         st.caption(f"labels: resolved labels behind each figure. evaluation: the model's own macro-F1 on the "
-                   f"reserved tweets ({where}); blank where unknown.")
+                   f"reserved tweets ({md(where)}); blank where unknown.")
         st.dataframe(versions[["model_version", *_FIGURES, "evaluation"]], hide_index=True, use_container_width=True)
         st.subheader("Per keyword and language")
         detail = figures[(figures["model_version"] != ALL) & ((figures["keyword"] != ALL) | (figures["lang"] != ALL))]
@@ -424,7 +599,7 @@ def main() -> None:
     st.set_page_config(page_title="sentiment-pulse", layout="wide")
     conf = settings()
     st.sidebar.title("sentiment-pulse")
-    st.sidebar.caption(f"output: {conf['output']}")
+    st.sidebar.caption(f"output: {md(conf['output'])}")
     wanted = st.query_params.get("page", PAGES[0])
     page = st.sidebar.radio("Page", PAGES, index=PAGES.index(wanted) if wanted in PAGES else 0)
     if page != wanted:
@@ -445,29 +620,45 @@ def main() -> None:
     finally:
         probe.close()
 
-    @st.fragment(run_every=conf["refresh"] or None)
-    def body():
-        source = open_source(conf)
-        if source is None:
-            return
-        try:
-            span = current_span(source, fixed)
-            if page == "Overview":
-                overview(source, keyword, lang, span)
-            elif page == "Alerts":
-                alerts_page(source, keyword, span)
-            elif page == "Posts":
-                posts_page(source, keyword, lang, span)
-            elif page == "Accuracy":
-                accuracy_page(source, keyword, conf)
-            else:
-                health_page(source, span)
-            every = f"refreshes every {conf['refresh']:g} s" if conf["refresh"] else "no automatic refresh"
-            st.caption(f"read at {dt.datetime.now(dt.timezone.utc):%H:%M:%S} UTC; {every}")
-        finally:
-            source.close()
+    source = open_source(conf)
+    if source is None:
+        return
+    try:
+        span = current_span(source, fixed)
+        if page == "Overview":
+            overview(source, keyword, lang, span)
+        elif page == "Alerts":
+            alerts_page(source, keyword, span)
+        elif page == "Compare":
+            compare_page(source, span)
+        elif page == "Posts":
+            posts_page(source, keyword, lang, span)
+        elif page == "Accuracy":
+            accuracy_page(source, keyword, conf)
+        else:
+            health_page(source, span)
+    finally:
+        source.close()
+    every = (f"re-read when the job writes (looked every {conf['refresh']:g} s)" if conf["refresh"]
+             else "no automatic refresh")
+    st.caption(f"read at {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC; {every}")
+    if conf["refresh"]:
+        watch(conf)
 
-    body()
 
+def watch(conf: dict) -> None:
+    """Re-run the page only when the output changed (data.fingerprint), checked every
+    --refresh seconds by a fragment that draws nothing: a finished run is never re-read, so
+    the page is never greyed out while nothing is new."""
+    st.session_state.setdefault("fingerprint", data.fingerprint(conf["output"], conf["project"]))
+
+    @st.fragment(run_every=conf["refresh"])
+    def look():
+        now = data.fingerprint(conf["output"], conf["project"])
+        if now != st.session_state.get("fingerprint"):
+            st.session_state["fingerprint"] = now
+            st.rerun()
+
+    look()
 
 main()

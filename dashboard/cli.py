@@ -5,7 +5,9 @@
     pulse dashboard --output out --address 0.0.0.0    # other machines too (a warning says so)
 
 Bound to 127.0.0.1 unless --address says otherwise: the page reads every table and writes
-labels, and Streamlit has no login. Runs Streamlit's server in this process's place (exec),
+labels, and Streamlit has no login. Only requests whose Host names this machine (or one of
+--allowed_hosts) are answered, and only websockets opened by the dashboard's own page
+(dashboard/guard.py): a page elsewhere, or a DNS name rebound to 127.0.0.1, gets nothing. Runs Streamlit's server in this process's place (exec),
 so Ctrl+C stops it. A missing output directory is not an error (the job may not have started
 yet: the page says so and looks again every few seconds); a BigQuery dataset that does not
 exist is (one line, exit 2).
@@ -23,6 +25,7 @@ from connectors.query import sqlfiles
 from pipelines.options import output_kind
 
 APP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "app.py")
+SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "server.py")
 DEFAULT_PORT = 8501
 
 
@@ -37,6 +40,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default %(default)s; 0 = any free port)")
+    p.add_argument("--allowed_hosts", default="",
+                   help="more host names the page may be reached under, comma-separated (a proxy's name); "
+                        "this machine's own names are always allowed")
     p.add_argument("--refresh", type=float, default=5.0, help="seconds between re-reads of the tables (0 = never)")
     p.add_argument("--reviewer", default=None, help="the review desk's reviewer name (default: your login)")
     p.add_argument("--project", default=None, help="Google Cloud project for BigQuery queries")
@@ -66,6 +72,7 @@ def is_loopback(address: str) -> bool:
 def environment(args: argparse.Namespace) -> dict:
     env = dict(os.environ)
     env.update({
+        "PULSE_DASHBOARD_ALLOWED_HOSTS": ",".join(hosts(args)),
         "PULSE_DASHBOARD_OUTPUT": args.output,
         "PULSE_DASHBOARD_REFRESH": str(args.refresh),
         "PULSE_DASHBOARD_WINDOW_SIZE": str(args.window_size),
@@ -79,17 +86,38 @@ def environment(args: argparse.Namespace) -> dict:
     return env
 
 
-def streamlit_command(address: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "streamlit", "run", APP,
-            "--server.address", address, "--server.port", str(port), "--server.headless", "true",
-            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-            "--global.developmentMode", "false", "--client.toolbarMode", "viewer", "--theme.base", "light"]
+def hosts(args: argparse.Namespace) -> list[str]:
+    from dashboard.guard import allowed_hosts
+
+    return allowed_hosts(args.address, (args.allowed_hosts or "").split(","))
+
+
+def streamlit_command(address: str, port: int, allowed: Sequence[str] = ()) -> list[str]:
+    """Streamlit serving dashboard/server.py (the app behind the Host/Origin guard)."""
+    command = [sys.executable, "-m", "streamlit", "run", SERVER,
+               "--server.address", address, "--server.port", str(port), "--server.headless", "true",
+               "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+               "--global.developmentMode", "false", "--client.toolbarMode", "viewer", "--theme.base", "light"]
+    for host in allowed:
+        command += ["--server.allowedHosts", host]
+    return command
 
 
 def check(args: argparse.Namespace) -> str | None:
     """The one-line error that stops the dashboard before it starts, if any."""
     if args.refresh < 0:
         return "--refresh cannot be negative"
+    if args.reviewer is not None:
+        from connectors.sinks.labels import check_reviewer
+
+        try:
+            check_reviewer(args.reviewer)
+        except ValueError as e:
+            return f"--reviewer: {e}"
+    for host in (args.allowed_hosts or "").split(","):
+        if host.strip() and (not host.strip().replace("-", "").replace(".", "").replace("*", "").isalnum()
+                             or not host.isascii()):
+            return f"--allowed_hosts: {host.strip()!r} is not a host name"
     if not 0 <= args.port <= 65535:
         return f"--port {args.port} is not a port number"
     try:
@@ -125,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     host = f"[{args.address}]" if ":" in args.address else args.address
     print(f"pulse dashboard: http://{host}:{port}/ (output {args.output}; Ctrl+C stops)", flush=True)
-    os.execve(sys.executable, streamlit_command(args.address, port), environment(args))
+    os.execve(sys.executable, streamlit_command(args.address, port, hosts(args)), environment(args))
     return 0  # not reached
 
 

@@ -14,6 +14,7 @@ and plain values and return pandas DataFrames, so tests call them without Stream
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 from typing import Any, Mapping
 
@@ -154,6 +155,39 @@ def open_source(output: str, settings: sqlfiles.ViewSettings | None = None, proj
     return ParquetSource(output, settings)
 
 
+FINGERPRINT = """
+SELECT (SELECT MAX(emitted_at) FROM ${dataset}.sentiment_windows) AS windows,
+       (SELECT COUNT(*) FROM ${dataset}.scored_posts) AS posts,
+       (SELECT COUNT(*) FROM ${dataset}.dead_letters) AS dead_letters,
+       (SELECT COUNT(*) FROM ${dataset}.labels) AS labels
+"""
+
+
+def fingerprint(output: str, project: str | None = None) -> str:
+    """What changes when the job or a reviewer writes: for a Parquet output the names, sizes and
+    modification times of its visible files; for BigQuery the latest pane and the row counts of
+    the tables that grow. The page re-reads its tables only when this changes."""
+    if output_kind(output) == "bigquery":
+        try:
+            source = open_source(output, project=project)
+            return repr(source.frame(FINGERPRINT).to_dict("records"))
+        except Exception as e:  # noqa: BLE001  (the page itself says why it cannot read)
+            return f"error: {type(e).__name__}"
+    digest = hashlib.sha256()
+    for root, dirs, files in os.walk(output):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith("."):
+                continue  # being written
+            path = os.path.join(root, name)
+            try:
+                info = os.stat(path)
+            except FileNotFoundError:
+                continue
+            digest.update(f"{os.path.relpath(path, output)}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 # ---- the queries (BigQuery SQL over the views of connectors/query/views.sql) ---------------------------
 
 KEYWORDS = """
@@ -204,6 +238,35 @@ WHERE (@keyword = '*' OR keyword = @keyword) AND window_start >= @start AND wind
 ORDER BY window_start DESC, keyword, kind
 """
 
+INCIDENTS = """
+SELECT incident_id, keyword, started_at, ended_at, peak_at, peak_kind, peak_zscore, kinds, alerts, echoes, status
+FROM ${dataset}.incidents
+WHERE (@keyword = '*' OR keyword = @keyword) AND ended_at > @start AND started_at < @end
+ORDER BY started_at DESC, keyword
+"""
+
+INCIDENT_ALERTS = """
+SELECT incident_id, window_start, window_end, keyword, kind, value, baseline, zscore, sample_post_ids, emitted_at
+FROM ${dataset}.incident_alerts
+WHERE incident_id IN (SELECT id FROM UNNEST(@incident_ids) AS id)
+ORDER BY incident_id, window_start, keyword, kind
+"""
+
+# Up to `per_term` posts of the window holding each driver term, the most negative first.
+DRIVER_EXAMPLES = """
+SELECT term, post_id, keyword, created_at, label, score, text
+FROM (
+  SELECT t.term, p.post_id, p.keyword, p.created_at, p.label, p.score, p.text,
+    ROW_NUMBER() OVER (PARTITION BY t.term ORDER BY p.score, p.created_at, p.post_id) AS n
+  FROM ${dataset}.post_terms AS t
+  JOIN ${dataset}.scored_posts_unique AS p ON p.post_id = t.post_id AND p.keyword = t.keyword
+  WHERE (@keyword = '*' OR t.keyword = @keyword) AND t.created_at >= @start AND t.created_at < @end
+    AND t.term IN (SELECT x FROM UNNEST(@terms) AS x)
+)
+WHERE n <= @per_term
+ORDER BY term, n
+"""
+
 POSTS_BY_ID = """
 SELECT post_id, keyword, text, label, score, confidence
 FROM ${dataset}.scored_posts_unique
@@ -211,16 +274,34 @@ WHERE post_id IN (SELECT id FROM UNNEST(@post_ids) AS id)
 ORDER BY post_id
 """
 
-POSTS = """
-SELECT created_at, keyword, lang, text, label, skip_reason, score, confidence, model_version, post_id,
-       beyond_lateness
-FROM ${dataset}.scored_posts_unique
-WHERE (@keyword = '*' OR keyword = @keyword) AND (@lang = '*' OR lang = @lang)
-  AND created_at >= @start AND created_at < @end
-  AND (@search = '' OR STRPOS(LOWER(text), LOWER(@search)) > 0)
-ORDER BY created_at
-LIMIT 1000
+# The Posts page: newest first, filtered, one page at a time; each post with the labels its
+# reviewers hold now (labels_latest, skips included) beside the model's.
+_POSTS_FROM = """
+FROM ${dataset}.scored_posts_unique AS p
+LEFT JOIN (
+  SELECT post_id, keyword, STRING_AGG(CONCAT(reviewer, ': ', label), '; ' ORDER BY reviewer) AS reviewer_labels
+  FROM ${dataset}.labels_latest
+  GROUP BY post_id, keyword
+) AS r ON r.post_id = p.post_id AND r.keyword = p.keyword
+WHERE (@keyword = '*' OR p.keyword = @keyword) AND (@lang = '*' OR p.lang = @lang)
+  AND p.created_at >= @start AND p.created_at < @end
+  AND (@search = '' OR STRPOS(LOWER(p.text), LOWER(@search)) > 0)
+  AND (@label = '*' OR IFNULL(p.label, 'none') = @label)
+  AND ((@min_confidence <= 0.0 AND @max_confidence >= 1.0)
+       OR p.confidence BETWEEN @min_confidence AND @max_confidence)
+  AND ((@min_score <= -1.0 AND @max_score >= 1.0) OR p.score BETWEEN @min_score AND @max_score)
+  AND (@reviewed = '*' OR (@reviewed = 'yes') = (r.post_id IS NOT NULL))
 """
+
+POSTS = """
+SELECT p.created_at, p.keyword, p.lang, p.text, p.label, r.reviewer_labels, p.score, p.confidence, p.skip_reason,
+       p.model_version, p.post_id, p.beyond_lateness
+""" + _POSTS_FROM + """
+ORDER BY p.created_at DESC, p.post_id, p.keyword
+LIMIT @limit OFFSET @offset
+"""
+
+POSTS_COUNT = "SELECT COUNT(*) AS posts" + _POSTS_FROM
 
 DEAD_LETTERS = """
 SELECT TIMESTAMP_SECONDS(UNIX_SECONDS(received_at) - MOD(UNIX_SECONDS(received_at), 60)) AS minute,
@@ -302,16 +383,127 @@ def alerts(source: Source, keyword: str, start: dt.datetime, end: dt.datetime) -
     return source.frame(ALERTS, {"keyword": keyword, "start": start, "end": end})
 
 
+def incidents(source: Source, keyword: str, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
+    """The incidents view (consecutive alerts of a keyword and their '*' echoes) overlapping [start, end)."""
+    return source.frame(INCIDENTS, {"keyword": keyword, "start": start, "end": end})
+
+
+def incident_alerts(source: Source, incident_ids: list[str]) -> pd.DataFrame:
+    if not incident_ids:
+        return pd.DataFrame(columns=["incident_id", "window_start", "window_end", "keyword", "kind", "value",
+                                     "baseline", "zscore", "sample_post_ids", "emitted_at"])
+    return source.frame(INCIDENT_ALERTS, {"incident_ids": list(incident_ids)})
+
+
+# The job's default --alert_baseline_windows: drivers compare a window with the baseline the
+# alert was judged against.
+BASELINE_WINDOWS = 30
+
+
+def drivers(source: Source, keyword: str, start: dt.datetime, end: dt.datetime, limit: int = 10) -> pd.DataFrame:
+    """connectors/query/queries/drivers.sql: the terms that set [start, end) of `keyword` apart from its baseline
+    (the BASELINE_WINDOWS windows before), by log-odds with an informative Dirichlet prior."""
+    query = sqlfiles.load_query("drivers")
+    params = query.bind({"keyword": keyword, "window_start": start, "window_end": end, "limit": limit,
+                         "baseline_seconds": BASELINE_WINDOWS * source.settings.window_size})
+    return source.frame(query.text, params)
+
+
+def driver_examples(source: Source, keyword: str, start: dt.datetime, end: dt.datetime, terms: list[str],
+                    per_term: int = 2) -> pd.DataFrame:
+    if not terms:
+        return pd.DataFrame(columns=["term", "post_id", "keyword", "created_at", "label", "score", "text"])
+    return source.frame(DRIVER_EXAMPLES, {"keyword": keyword, "start": start, "end": end, "terms": list(terms),
+                                          "per_term": per_term})
+
+
+# The Compare page: each keyword in [start, end) ('now') and in the period of the same length
+# before it ('before'), from the latest pane of each window (lang '*').
+COMPARE = """
+WITH periods AS (
+  SELECT keyword, IF(window_start >= @start, 'now', 'before') AS period,
+    SUM(posts) AS posts, SUM(negative) AS negative, SUM(positive) AS positive,
+    SUM(posts - IFNULL(unsupported, 0)) AS labelled
+  FROM ${dataset}.sentiment_windows_latest
+  WHERE keyword != '*' AND lang = '*' AND window_start >= @previous_start AND window_start < @end
+  GROUP BY keyword, period
+),
+totals AS (
+  SELECT period, SUM(posts) AS all_posts FROM periods GROUP BY period
+)
+SELECT p.keyword, p.period, p.posts, p.labelled, SAFE_DIVIDE(p.posts, t.all_posts) AS share_of_voice,
+  SAFE_DIVIDE(p.negative, p.labelled) AS negative_share,
+  SAFE_DIVIDE(p.positive - p.negative, p.labelled) AS net_sentiment
+FROM periods AS p JOIN totals AS t ON t.period = p.period
+ORDER BY p.keyword, p.period
+"""
+
+COMPARE_OVER_TIME = """
+SELECT window_start, keyword, posts, SAFE_DIVIDE(negative, posts - IFNULL(unsupported, 0)) AS negative_share,
+  SAFE_DIVIDE(positive - negative, posts - IFNULL(unsupported, 0)) AS net_sentiment,
+  SAFE_DIVIDE(posts, SUM(posts) OVER (PARTITION BY window_start)) AS share_of_voice
+FROM ${dataset}.sentiment_windows_latest
+WHERE keyword != '*' AND lang = '*' AND window_start >= @start AND window_start < @end
+ORDER BY window_start, keyword
+"""
+
+COMPARED = ("share_of_voice", "negative_share", "net_sentiment")
+
+
+def compare(source: Source, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
+    """One row per keyword: posts, share of voice, negative share and net sentiment
+    ((positive - negative) / labelled) in [start, end) and in the period of the same length before,
+    with the changes; ranked by net sentiment now (best first; ties by share of voice)."""
+    previous_start = start - (end - start)
+    rows = source.frame(COMPARE, {"start": start, "end": end, "previous_start": previous_start})
+    columns = ["rank", "keyword", "posts", "labelled"] + [f"{m}{s}" for m in COMPARED
+                                                         for s in ("", "_before", "_change")]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    now = rows[rows["period"] == "now"].set_index("keyword")
+    before = rows[rows["period"] == "before"].set_index("keyword")
+    out = pd.DataFrame(index=sorted(set(now.index) | set(before.index)))
+    out["posts"] = now["posts"].reindex(out.index).fillna(0).astype(int)
+    out["labelled"] = now["labelled"].reindex(out.index).fillna(0).astype(int)
+    for metric in COMPARED:
+        out[metric] = now[metric].reindex(out.index).astype(float)
+        out[f"{metric}_before"] = before[metric].reindex(out.index).astype(float)
+        out[f"{metric}_change"] = out[metric] - out[f"{metric}_before"]
+    out = out.rename_axis("keyword").reset_index()
+    out = out.sort_values(["net_sentiment", "share_of_voice", "keyword"], ascending=[False, False, True],
+                          na_position="last").reset_index(drop=True)
+    out.insert(0, "rank", range(1, len(out) + 1))
+    return out[columns]
+
+
+def compare_over_time(source: Source, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
+    return source.frame(COMPARE_OVER_TIME, {"start": start, "end": end})
+
+
 def posts_by_id(source: Source, post_ids: list[str]) -> pd.DataFrame:
     if not post_ids:
         return pd.DataFrame(columns=["post_id", "keyword", "text", "label", "score", "confidence"])
     return source.frame(POSTS_BY_ID, {"post_ids": list(post_ids)})
 
 
+POST_FILTERS = {"search": "", "label": "*", "min_confidence": 0.0, "max_confidence": 1.0, "min_score": -1.0,
+                "max_score": 1.0, "reviewed": "*"}
+
+
 def posts(source: Source, keyword: str, lang: str, start: dt.datetime, end: dt.datetime,
-          search: str = "") -> pd.DataFrame:
-    return source.frame(POSTS, {"keyword": keyword, "lang": lang, "start": start, "end": end,
-                                "search": search or ""})
+          search: str = "", limit: int = 1000, offset: int = 0, **filters) -> pd.DataFrame:
+    """The posts of [start, end), newest first, `limit` from `offset`, narrowed by POST_FILTERS
+    (label '*' = any, 'none' = no label; reviewed '*', 'yes' or 'no')."""
+    params = {**POST_FILTERS, **filters, "keyword": keyword, "lang": lang, "start": start, "end": end,
+              "search": search or "", "limit": int(limit), "offset": int(offset)}
+    return source.frame(POSTS, params)
+
+
+def posts_count(source: Source, keyword: str, lang: str, start: dt.datetime, end: dt.datetime,
+                search: str = "", **filters) -> int:
+    params = {**POST_FILTERS, **filters, "keyword": keyword, "lang": lang, "start": start, "end": end,
+              "search": search or ""}
+    return int(source.frame(POSTS_COUNT, params).iloc[0]["posts"])
 
 
 def dead_letters(source: Source) -> pd.DataFrame:

@@ -11,6 +11,7 @@ import pytest
 
 from connectors.monitoring import accuracy_watch as aw
 from connectors.sinks.parquet import to_table, write_atomically
+from dashboard.safe_text import md
 from models.contracts import ALERTS, SENTIMENT_WINDOWS, UTC, ModelSpec
 from tests.test_accuracy_watch import T0, labelled_posts, sql, write_labels
 from tests.test_dashboard_app import app, metric_values, no_traceback
@@ -66,7 +67,7 @@ def test_the_accuracy_page_shows_model_accuracy_beside_the_evaluation(monkeypatc
     assert evaluation[BUNDLED.version] == EVALUATION and evaluation["old-1"] != evaluation["old-1"]  # NaN: unknown
     bundled = next(r for r in want if r["model_version"] == BUNDLED.version)
     shown = metric_values(at)
-    assert shown[f"Macro-F1 {BUNDLED.version}"] == f"{bundled['macro_f1']:.3f}"
+    assert shown[f"Macro-F1 {md(BUNDLED.version)}"] == f"{bundled['macro_f1']:.3f}"
     detail = at.dataframe[1].value
     [(n,)] = [tuple(r.values()) for r in sql(out, "SELECT count(*) AS n FROM model_accuracy WHERE model_version != '*' "
                                                   "AND (keyword != '*' OR lang != '*')")]

@@ -12,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from connectors.query import duckdb_sql
 from dashboard import cli, data
+from dashboard.safe_text import md
 
 APP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dashboard", "app.py")
 
@@ -72,23 +73,28 @@ def test_a_keyword_filter_narrows_every_figure(monkeypatch, dashboard_output):
     [(alerts,)] = sql(dashboard_output, f"SELECT count(*) FROM alerts_unique WHERE keyword = '{keyword}'")
     shown = metric_values(at)
     assert (shown["Posts"], shown["Alerts"]) == (f"{posts:,}", str(alerts))
-    assert at.header[0].value == f"Overview: {keyword}"
+    assert at.header[0].value == f"Overview: {md(keyword)}"
 
 
-def test_alerts_list_each_alert_with_its_sample_posts_and_a_link_to_its_window(monkeypatch, dashboard_output):
+def test_alerts_list_incidents_each_with_its_alerts_drivers_and_posts(monkeypatch, dashboard_output):
     at = app(monkeypatch, dashboard_output, page="Alerts")
     no_traceback(at)
-    alerts = sql(dashboard_output, "SELECT window_start, keyword, kind, zscore FROM alerts_unique "
-                                   "ORDER BY window_start DESC, keyword, kind")
-    assert len(at.expander) == len(alerts) > 0
-    start, keyword, kind, zscore = alerts[0]
-    assert at.expander[0].label.startswith(f"{start:%Y-%m-%d %H:%M} · {keyword} · {kind} · z = {zscore:.1f}")
-    link = at.expander[0].markdown[0].value
+    incidents = sql(dashboard_output, "SELECT incident_id, keyword, started_at, alerts FROM incidents "
+                                      "ORDER BY started_at DESC, keyword")
+    [(alerts,)] = sql(dashboard_output, "SELECT count(*) FROM alerts_unique")
+    assert len(at.expander) == len(incidents) > 0
+    assert sum(n for *_, n in incidents) >= alerts  # every alert is in an incident ('*' echoes in each)
+    incident_id, keyword, started, size = incidents[-1 if incidents[0][1] == "*" else 0]
+    shown = next(e for e in at.expander if e.label.startswith(f"{started:%Y-%m-%d %H:%M}"))
+    assert md(keyword) in shown.label and f"{size} alerts" in shown.label
+    link = shown.markdown[0].value
     assert "page=Posts" in link and f"keyword={urllib.parse.quote(keyword)}" in link
-    samples = at.expander[0].dataframe[0].value
-    [(ids,)] = sql(dashboard_output, f"SELECT sample_post_ids FROM alerts_unique WHERE keyword = '{keyword}' "
-                                     f"AND kind = '{kind}' AND window_start = '{start.isoformat()}'")
-    assert sorted(samples["post_id"]) == sorted(ids)
+    members, drivers, _examples, samples = (d.value for d in shown.dataframe)
+    assert len(members) == size
+    ids = sql(dashboard_output, f"SELECT sample_post_ids FROM incident_alerts WHERE incident_id = '{incident_id}'")
+    assert sorted(samples["post_id"]) == sorted({i for (row,) in ids for i in row})
+    assert list(drivers.columns) == ["term", "term_kind", "window_posts", "baseline_posts", "log_odds", "zscore"]
+    assert list(drivers["zscore"]) == sorted(drivers["zscore"], reverse=True) and len(drivers) == 10
 
 
 def test_posts_of_a_window_are_searchable(monkeypatch, dashboard_output):
@@ -125,8 +131,8 @@ def test_health_shows_the_stored_rows_dead_letters_and_drift(monkeypatch, dashbo
 def test_a_missing_output_is_one_line_on_the_page(monkeypatch, tmp_path):
     at = app(monkeypatch, str(tmp_path / "nowhere"))
     no_traceback(at)
-    assert [e.value for e in at.error] == [f"no output directory '{tmp_path / 'nowhere'}': run the job first "
-                                           f"(pulse run --output {tmp_path / 'nowhere'})"]
+    assert [e.value for e in at.error] == [md(f"no output directory '{tmp_path / 'nowhere'}': run the job first "
+                                              f"(pulse run --output {tmp_path / 'nowhere'})")]
 
 
 def test_an_empty_output_says_so_and_renders(monkeypatch, tmp_path):
@@ -144,7 +150,7 @@ def test_a_corrupt_parquet_file_is_skipped_with_a_warning(monkeypatch, fresh_das
     for page in ("Overview", "Posts", "Health"):
         at = app(monkeypatch, fresh_dashboard_output, page=page)
         no_traceback(at)
-        assert any("999999-p0-broken.parquet" in w.value for w in at.warning), page
+        assert any(md("999999-p0-broken.parquet") in w.value for w in at.warning), page
     assert metric_values(at)["Scored posts stored"] != "0"
 
 
@@ -200,3 +206,93 @@ def test_the_dashboard_serves_on_the_port_it_prints(address, warned, dashboard_o
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(20)
+
+
+def test_posts_page_pages_through_every_post_newest_first_with_filters_in_the_address(monkeypatch,
+                                                                                      fresh_dashboard_output):
+    out = fresh_dashboard_output
+    [(total, oldest)] = sql(out, "SELECT count(*), min(created_at) FROM scored_posts_unique")
+    desk = data.label_store(data.open_source(out))
+    [row] = data.review_queue(data.open_source(out)).head(1).to_dict("records")
+    assert desk.record(row, "positive", "ana")[0]
+    at = app(monkeypatch, out, page="Posts")
+    no_traceback(at)
+    first = at.dataframe[0].value
+    assert list(first["created_at"]) == sorted(first["created_at"], reverse=True) and len(first) == 100
+    assert f"of {total:,} (newest first)" in at.caption[0].value
+    # The last page holds the oldest post: every row can be reached (the page once stopped at 1,000).
+    pages = -(-total // 100)
+    at.number_input[0].set_value(pages).run()
+    assert at.dataframe[0].value["created_at"].min().to_pydatetime() == oldest
+    assert at.query_params["p"] == [str(pages)] or at.query_params["p"] == str(pages)
+    # Filters narrow the rows and go into the address; the reviewer's label is beside the model's.
+    at.selectbox[1].set_value("yes").run()
+    shown = at.dataframe[0].value
+    assert list(shown["post_id"]) == [row["post_id"]] and list(shown["reviewer_labels"]) == ["ana: positive"]
+    assert "reviewed" in at.query_params
+    at = app(monkeypatch, out, page="Posts", label="negative", min_confidence="0.9")
+    shown = at.dataframe[0].value
+    [(count,)] = sql(out, "SELECT count(*) FROM scored_posts_unique WHERE label = 'negative' AND confidence >= 0.9")
+    assert set(shown["label"]) == {"negative"} and (shown["confidence"] >= 0.9).all()
+    assert f"of {count:,} (newest first)" in at.caption[0].value
+
+
+def test_posts_text_is_shown_decoded(monkeypatch, hostile_dashboard_output):
+    out, ids = hostile_dashboard_output
+    at = app(monkeypatch, out, page="Posts", search="AT&amp;T")  # the text as stored
+    shown = at.dataframe[0].value["text"]
+    assert shown.str.contains("AT&T").all() and not shown.str.contains("&amp;").any()
+    assert any(t.startswith("$$\\Huge") for t in shown)  # the hostile post among the sample's
+
+
+def test_compare_ranks_brands_against_their_previous_period(monkeypatch, dashboard_output):
+    at = app(monkeypatch, dashboard_output, page="Compare", period="30")
+    no_traceback(at)
+    table = at.dataframe[0].value
+    [(end,)] = sql(dashboard_output, "SELECT max(window_end) FROM sentiment_windows_latest")
+    import datetime as dt
+
+    end = end + dt.timedelta(seconds=1)
+    start, before = end - dt.timedelta(minutes=30), end - dt.timedelta(minutes=60)
+    expected = {}
+    for label, lo, hi in (("now", start, end), ("before", before, start)):
+        rows = sql(dashboard_output, f"""
+            SELECT keyword, sum(posts), sum(negative), sum(positive), sum(posts - coalesce(unsupported, 0))
+            FROM sentiment_windows_latest WHERE keyword != '*' AND lang = '*'
+              AND window_start >= '{lo.isoformat()}' AND window_start < '{hi.isoformat()}' GROUP BY keyword""")
+        total = sum(r[1] for r in rows)
+        expected[label] = {k: (p / total, n / lab, (pos - n) / lab) for k, p, n, pos, lab in rows}
+    assert sorted(table["keyword"]) == sorted(expected["now"])
+    for row in table.to_dict("records"):
+        sov, neg, net = expected["now"][row["keyword"]]
+        sov_b, neg_b, net_b = expected["before"][row["keyword"]]
+        assert (row["share_of_voice"], row["negative_share"], row["net_sentiment"]) == pytest.approx((sov, neg, net))
+        assert row["negative_share_change"] == pytest.approx(neg - neg_b)
+        assert row["net_sentiment_before"] == pytest.approx(net_b)
+    assert list(table["net_sentiment"]) == sorted(table["net_sentiment"], reverse=True)
+    assert list(table["rank"]) == list(range(1, len(table) + 1))
+    assert "Ranking now" in at.subheader[0].value
+
+
+def test_the_page_is_re_read_only_when_the_output_changes(monkeypatch, fresh_dashboard_output):
+    """The page looks every --refresh seconds whether the output changed (data.fingerprint) and
+    re-runs only then: a finished run's page stays as it is (never greyed by a re-read)."""
+    import pathlib
+
+    out = fresh_dashboard_output
+    before = data.fingerprint(out)
+    assert data.fingerprint(out) == before
+    hidden = pathlib.Path(out) / "scored_posts" / ".tmp-being-written.parquet"
+    hidden.write_bytes(b"partial")
+    assert data.fingerprint(out) == before  # a file being written is not news
+    desk = data.label_store(data.open_source(out))
+    assert desk.record(data.review_queue(data.open_source(out)).iloc[0].to_dict(), "negative", "ana")[0]
+    assert data.fingerprint(out) != before
+    monkeypatch.setenv("PULSE_DASHBOARD_OUTPUT", out)
+    monkeypatch.setenv("PULSE_DASHBOARD_REFRESH", "5")
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["page"] = "Overview"
+    at.run()
+    no_traceback(at)
+    assert at.session_state["fingerprint"] == data.fingerprint(out)
+    assert any("re-read when the job writes" in c.value for c in at.caption)

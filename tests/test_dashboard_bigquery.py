@@ -67,11 +67,23 @@ def test_every_dashboard_query_answers_the_same_on_bigquery(sources):
         "dead letters": data.dead_letters,
         "drift": lambda s: data.drift(s, start, end),
         "review queue": data.review_queue,
+        "incidents": lambda s: data.incidents(s, "*", start, end),
+        "compare": lambda s: data.compare(s, start + (end - start) / 2, end),
+        "compare over time": lambda s: data.compare_over_time(s, start, end),
+        "posts filtered": lambda s: data.posts(s, "*", "*", start, end, label="negative", min_confidence=0.6,
+                                               reviewed="no", limit=3, offset=1),
+        "posts counted": lambda s: pd.DataFrame([{"n": data.posts_count(s, "*", "*", start, end, min_score=-0.6)}]),
+        "incident alerts": lambda s: data.incident_alerts(s, data.incidents(local, "*", start, end)["incident_id"]
+                                                          .tolist()),
+        "drivers": lambda s: data.drivers(s, keyword, start, end, limit=50),
+        "drivers of all keywords": lambda s: data.drivers(s, "*", start, end, limit=50),
+        "driver examples": lambda s: data.driver_examples(s, keyword, start, end, ["text", "p1", "love"]),
     }
     for name, check in checks.items():
         assert normal(check(bq)) == normal(check(local)), name
     assert data.stored(bq) == data.stored(local)
     assert not data.windows(local, "*", "*", start, end).empty and not data.posts_by_id(local, [POSTS[0]["post_id"]]).empty
+    assert not data.incidents(local, "*", start, end).empty
 
 
 def test_the_review_desk_labels_into_bigquery(sources):

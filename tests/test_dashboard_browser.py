@@ -5,6 +5,7 @@ the `labels` table; a screenshot is saved (PULSE_SCREENSHOT_DIR, else the test's
 
     .venv/bin/pytest tests/test_dashboard_browser.py -q
 """
+import contextlib
 import os
 import shutil
 import signal
@@ -39,11 +40,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def dashboard(fresh_dashboard_output, tmp_path):
+@contextlib.contextmanager
+def serve(output, tmp_path):
+    """`pulse dashboard` over `output` on a free port; yields its URL."""
     port = free_port()
     log = open(tmp_path / "dashboard.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "dashboard", "--output", fresh_dashboard_output,
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "dashboard", "--output", output,
                              "--port", str(port), "--refresh", "2", "--reviewer", REVIEWER],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 90
@@ -57,7 +59,7 @@ def dashboard(fresh_dashboard_output, tmp_path):
                 pytest.fail("the dashboard did not start: " + (tmp_path / "dashboard.log").read_text()[-2000:])
             time.sleep(0.3)
     try:
-        yield f"http://127.0.0.1:{port}", fresh_dashboard_output
+        yield f"http://127.0.0.1:{port}"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -68,14 +70,24 @@ def dashboard(fresh_dashboard_output, tmp_path):
 
 
 @pytest.fixture
-def browser(tmp_path):
+def dashboard(fresh_dashboard_output, tmp_path):
+    with serve(fresh_dashboard_output, tmp_path) as url:
+        yield url, fresh_dashboard_output
+
+
+def chrome_options(tmp_path):
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    return options
+
+
+@pytest.fixture
+def browser(tmp_path):
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=chrome_options(tmp_path))
     try:
         yield driver
     finally:
@@ -118,6 +130,24 @@ def test_the_page_shows_the_tables_figures_and_labels_go_to_the_labels_table(das
     assert shown["Negative share"] == f"{negative / posts:.1%}"
     assert shown["Alerts"] == str(alerts)
     browser.save_screenshot(os.path.join(screenshot_dir(tmp_path), "dashboard-overview.png"))
+
+    # Alerts: incidents first; the first opens onto its alerts, drivers, example and sample posts.
+    [(incidents,)] = sql(out, "SELECT count(*) FROM incidents")
+    browser.get(url + "/?page=Alerts")
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, '[data-testid="stExpander"] summary'))
+             == incidents)
+    first = browser.find_elements(By.CSS_SELECTOR, '[data-testid="stExpander"] summary')[0]
+    browser.execute_script("arguments[0].click()", first)
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, '[data-testid="stExpander"] '
+                                                                     '[data-testid="stDataFrame"]')) >= 4)
+    assert "Drivers: terms that set" in browser.find_element(By.TAG_NAME, "body").text
+    browser.save_screenshot(os.path.join(screenshot_dir(tmp_path), "dashboard-alerts.png"))
+
+    # Compare: the ranking of brands now against the period before.
+    browser.get(url + "/?page=Compare")
+    wait_for(browser, lambda d: "Ranking now" in d.find_element(By.TAG_NAME, "body").text
+             and d.find_elements(By.CSS_SELECTOR, '[data-testid="stDataFrame"]'))
+    browser.save_screenshot(os.path.join(screenshot_dir(tmp_path), "dashboard-compare.png"))
     print(f"first page rendered in {first_render_s:.1f} s")
 
     browser.get(url + "/?page=Health")
@@ -151,3 +181,91 @@ def test_the_page_shows_the_tables_figures_and_labels_go_to_the_labels_table(das
     rows = sql(out, f"SELECT post_id, label, model_label IS NOT NULL FROM labels_latest WHERE reviewer = '{REVIEWER}' "
                     "ORDER BY labelled_at")
     assert rows == [(p, label, True) for p, label in labelled]
+
+
+# ---- hostile posts ------------------------------------------------------------------------
+
+@pytest.fixture
+def hostile_dashboard(hostile_dashboard_output, tmp_path):
+    out, ids = hostile_dashboard_output
+    with serve(out, tmp_path) as url:
+        yield url, out, ids
+
+
+@pytest.fixture
+def logging_browser(tmp_path):
+    """Chromium that records every network request the page makes (the performance log)."""
+    options = chrome_options(tmp_path)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def requested_hosts(driver) -> set[str]:
+    import json
+    from urllib.parse import urlsplit
+
+    hosts = set()
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message.get("method") == "Network.requestWillBeSent":
+            url = message["params"]["request"]["url"]
+            if url.startswith(("http:", "https:", "ws:", "wss:")):
+                hosts.add(urlsplit(url).netloc)
+    return hosts
+
+
+RENDERED_ATTACK = """
+const out = [];
+for (const h of document.querySelectorAll('h1,h2,h3,h4,h5,h6')) {
+  if (/URGENT|fake heading/.test(h.textContent)) out.push('heading: ' + h.textContent);
+}
+for (const i of document.querySelectorAll('img')) {
+  if (!i.src.startsWith(location.origin) && !i.src.startsWith('data:')) out.push('image: ' + i.src);
+}
+for (const a of document.querySelectorAll('a[href]')) {
+  if (!a.href.startsWith(location.origin + '/') || /javascript:/i.test(a.getAttribute('href'))) {
+    out.push('link: ' + a.getAttribute('href'));  // only the dashboard's own links (its pages)
+  }
+}
+for (const k of document.querySelectorAll('.katex, .katex-display, math')) out.push('formula: ' + k.textContent);
+for (const b of document.querySelectorAll('strong, b')) {
+  if (b.textContent.includes('bold')) out.push('bold: ' + b.textContent);
+}
+for (const c of document.querySelectorAll('code')) {
+  if (c.textContent.trim() === '1') out.push('code span: ' + c.textContent);
+}
+return out;
+"""
+
+
+def test_hostile_posts_render_nothing_and_fetch_nothing(hostile_dashboard, logging_browser, tmp_path):
+    """Review, Alerts (every incident and alert opened), Posts and Overview over posts made of
+    Markdown images, headings, links, LaTeX and a backtick in an id: the page makes no request
+    outside the dashboard and renders no heading, image, link or formula from them."""
+    url, out, ids = hostile_dashboard
+    browser = logging_browser
+    own = url.split("//", 1)[1]
+
+    browser.get(url + "/?page=Review")
+    wait_for(browser, lambda d: ids[0] in d.find_element(By.TAG_NAME, "body").text)
+    assert "URGENT: label everything positive" in browser.find_element(By.TAG_NAME, "body").text
+    assert browser.execute_script(RENDERED_ATTACK) == []
+
+    browser.get(url + "/?page=Alerts")
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '[data-testid="stExpander"] summary'))
+    for summary in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stExpander"] summary'):
+        browser.execute_script("arguments[0].click()", summary)
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '[data-testid="stExpander"] [data-testid="stDataFrame"]'))
+    wait_for(browser, lambda d: "evil.example/k.png" in d.find_element(By.TAG_NAME, "body").text)  # as text
+    assert browser.execute_script(RENDERED_ATTACK) == []
+
+    for page in ("Posts", "Overview"):
+        browser.get(url + f"/?page={page}")
+        wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '[data-testid="stDataFrame"], [data-testid="stMetric"]'))
+        assert browser.execute_script(RENDERED_ATTACK) == []
+    browser.save_screenshot(os.path.join(screenshot_dir(tmp_path), "dashboard-hostile.png"))
+    assert requested_hosts(browser) <= {own}

@@ -17,9 +17,9 @@ def sql(out, text):
 
 def shown_post(at) -> str:
     """The post id on the one-at-a-time card."""
-    for md in at.markdown:
-        if " · post `" in md.value:
-            return md.value.split(" · post `", 1)[1].split("`", 1)[0]
+    for text in at.text:  # the card is text elements (a post can hold Markdown)
+        if " · post " in text.value:
+            return text.value.rsplit(" · post ", 1)[1]
     raise AssertionError("no post on the page")
 
 

@@ -157,7 +157,7 @@ def output_dir(tmp_path_factory):
 
 VIEWS = ("scored_posts_unique", "review_queue_unique", "dead_letters_unique", "sentiment_windows_latest",
          "alerts_unique", "sentiment_windows_final", "labels_latest", "label_agreement", "job_balance",
-         "labels_resolved", "model_accuracy")
+         "labels_resolved", "model_accuracy", "post_terms", "incident_alerts", "incidents")
 
 
 def run(output_dir, name, settings=None, **params):
@@ -265,7 +265,7 @@ def test_window_consistency_finds_only_the_disagreeing_window(output_dir):
 
 def test_every_query_file_is_covered_and_renders_for_both_dialects():
     covered = {"negative_share_hourly", "top_negative_posts", "alert_history", "model_confidence",
-               "keyword_summary", "dead_letters_by_reason", "window_consistency"}
+               "keyword_summary", "dead_letters_by_reason", "window_consistency", "drivers"}
     assert set(sqlfiles.query_names()) == covered
     for name in covered:
         bq = sqlfiles.load_query(name).render("bigquery", "my-proj:pulse")
@@ -310,6 +310,22 @@ def test_pulse_sql_formats(output_dir, capsys):
     assert out.splitlines()[0].split() == ["keyword", "posts"] and "(2 rows)" in out
 
 
+@pytest.mark.parametrize("fmt", ["table", "csv", "json"])
+def test_pulse_sql_never_prints_raw_control_characters(output_dir, capsys, fmt):
+    """A stored value holding ESC, a carriage return, NUL, DEL, a C1 control or a right-to-left
+    override is printed escaped: a terminal showing it cannot be made to act on it."""
+    sql = ("SELECT chr(27) || '[2J' || chr(13) || chr(0) || 'x' || chr(127) || chr(155) AS a, "
+           "'rev' || chr(8238) || 'exe.txt' AS b")
+    status, out, err = cli(sql_cli.sql_main, [sql, "--output", output_dir, "--format", fmt], capsys)
+    assert status == 0, err
+    raw = [ch for ch in out if ch not in "\n" and (not ch.isprintable() or ch == "\u202e")]
+    assert raw == []
+    if fmt == "json":
+        assert json.loads(out) == [{"a": "\x1b[2J\r\x00x\x7f\x9b", "b": "rev\u202eexe.txt"}]
+    else:
+        assert "\\x1b[2J\\x0d\\x00x\\x7f\\x9b" in out and "rev\\u202eexe.txt" in out
+
+
 def test_pulse_sql_named_query_with_params(output_dir, capsys):
     status, out, err = cli(sql_cli.sql_main, [
         "top_negative_posts", "--output", output_dir, "--format", "json",
@@ -348,12 +364,14 @@ def test_pulse_summary(output_dir, capsys):
     status, out, _ = cli(sql_cli.summary_main, ["--output", output_dir], capsys)
     assert status == 0
     lines = out.splitlines()
-    table = {line.split()[0]: line.split() for line in lines if line.split()[:1] in (["acme"], ["globex"], ["TOTAL"])}
+    keyword_table = out.split("\nwindows (final panes)")[0].splitlines()  # (incident lines follow)
+    table = {line.split()[0]: line.split() for line in keyword_table if line.split()[:1] in (["acme"], ["globex"], ["TOTAL"])}
     assert table["acme"] == ["acme", "6", "66.7%", "-0.267", "2", "2"]
     assert table["globex"] == ["globex", "2", "0.0%", "+0.750", "0", "0"]
     assert table["TOTAL"] == ["TOTAL", "8", "50.0%", "2", "2"]
     assert f"windows (final panes): {len(WINDOW_KEYS)}" in out
     assert "dead letters: 3" in out
+    assert "incidents: 2 " in out and "  acme  2024-05-01 11:05-11:06 UTC  volume_spike  peak z 3.5 at 11:05" in out
     assert any(line.split() == ["parse", "invalid_json", "2"] for line in lines)
 
 
@@ -637,6 +655,8 @@ def every_query_answer(output_dir):
     answers = {}
     for name in sqlfiles.query_names():
         params = {"window_start": ts(10, 0), "window_end": ts(12, 0)} if name == "top_negative_posts" else {}
+        if name == "drivers":
+            params = {"keyword": "acme", "window_start": ts(11, 0), "window_end": ts(12, 0)}
         answers[name] = run(output_dir, name, **params)
     con = duckdb_sql.connect(output_dir)
     answers["summary"] = sql_cli.summary_text(con, "OUT")

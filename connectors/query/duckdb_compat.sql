@@ -36,3 +36,6 @@ END;
 
 -- GENERATE_ARRAY(start, end): the INT64 values start..end inclusive (empty when end < start).
 CREATE OR REPLACE MACRO generate_array(a, b) AS generate_series(CAST(a AS BIGINT), CAST(b AS BIGINT));
+
+-- REGEXP_CONTAINS(s, re): whether re matches part of s (both use RE2).
+CREATE OR REPLACE MACRO regexp_contains(s, re) AS regexp_matches(s, re);

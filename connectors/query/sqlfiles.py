@@ -6,6 +6,8 @@ makes it run on DuckDB as well; it changes exactly two things:
 * `${dataset}.table` names the dataset: `` `project`.`dataset` `` on BigQuery, DuckDB's
   `main` schema locally;
 * `@name` query parameters become `$name` on DuckDB.
+* raw strings `r'...'` (regular expressions) become plain strings on DuckDB, which keeps
+  backslashes in them as they are.
 
 BigQuery functions DuckDB lacks (SAFE_DIVIDE, DIV, UNIX_SECONDS, TIMESTAMP_SECONDS,
 GENERATE_ARRAY) are defined as DuckDB macros in `connectors/query/duckdb_compat.sql`, so the query text
@@ -41,6 +43,8 @@ _PARAM_LINE = re.compile(
 _PARAM_REF = re.compile(r"(?<![@\w])@(\w+)")
 _DATASET_REF = "${dataset}"
 _VARIABLE_REF = re.compile(r"\$\{(\w+)\}")
+# BigQuery's raw string r'...' (regular expressions): DuckDB's plain '...' keeps backslashes as they are.
+_RAW_STRING = re.compile(r"(?<![\w'])[rR]'")
 _MISSING = object()
 
 
@@ -139,6 +143,7 @@ def render(text: str, dialect: str, dataset: str | None = None,
     """
     if dialect == "duckdb":
         text = _PARAM_REF.sub(r"$\1", text.replace(_DATASET_REF, DUCKDB_SCHEMA))
+        text = _RAW_STRING.sub("'", text)
     elif dialect == "bigquery":
         if not dataset:
             raise SqlError("BigQuery SQL needs a dataset (PROJECT:DATASET or DATASET)")

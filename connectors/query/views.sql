@@ -440,3 +440,122 @@ SELECT
   first_labelled_at,
   last_labelled_at
 FROM scores;
+
+-- ---- drivers: what sets a window apart (connectors/query/queries/drivers.sql) ---------------------------
+--
+-- The terms of every stored post, once per post (a post repeating a word counts once):
+-- words of three or more letters (lower case; stop words, URLs and the names of HTML
+-- entities such as &amp; left out),
+-- hashtags ('#' + word), mentions ('@' + name) and emoji (symbol characters, one each).
+-- term_kind is word|hashtag|mention|emoji.
+CREATE OR REPLACE VIEW ${dataset}.post_terms AS
+WITH tokens AS (
+  SELECT p.post_id, p.keyword, p.created_at, p.label, tok AS term
+  FROM ${dataset}.scored_posts_unique AS p
+  CROSS JOIN UNNEST(REGEXP_EXTRACT_ALL(
+    LOWER(REGEXP_REPLACE(p.text, r'https?://[^\s]+', ' ')),
+    r'[#@]?[\pL\pN_]+|\p{So}')) AS tok
+)
+SELECT DISTINCT post_id, keyword, created_at, label, term,
+  CASE WHEN STARTS_WITH(term, '#') THEN 'hashtag' WHEN STARTS_WITH(term, '@') THEN 'mention'
+       WHEN REGEXP_CONTAINS(term, r'^\p{So}') THEN 'emoji' ELSE 'word' END AS term_kind
+FROM tokens
+WHERE (STARTS_WITH(term, '#') OR STARTS_WITH(term, '@') OR REGEXP_CONTAINS(term, r'^\p{So}')
+       OR (CHAR_LENGTH(term) >= 3 AND REGEXP_CONTAINS(term, r'^\pL')))
+  AND term NOT IN (
+    'the', 'and', 'for', 'you', 'your', 'are', 'was', 'were', 'but', 'not', 'this', 'that', 'with', 'have',
+    'has', 'had', 'from', 'they', 'them', 'their', 'there', 'what', 'when', 'where', 'who', 'why', 'how',
+    'all', 'any', 'can', 'could', 'would', 'should', 'will', 'just', 'our', 'out', 'about', 'into', 'than',
+    'then', 'too', 'very', 'its', 'don', 'didn', 'doesn', 'isn', 'wasn', 'won', 'im', 'dont', 'cant', 'get', 'got',
+    'one', 'now', 'like', 'some', 'more', 'been', 'being', 'his', 'her', 'she', 'him', 'out', 'off', 'again',
+    'also', 'only', 'over', 'because', 'did', 'does', 'doing', 'which', 'while', 'these', 'those', 'here',
+    'amp', 'quot', 'http', 'https', 'www')
+;
+
+-- ---- incidents: one surge, however many alert rows --------------------------------------
+--
+-- Every alert of alerts_unique with the incident it belongs to. A keyword's alerts form one
+-- incident while each starts at most one window (${window_seconds} s) after the latest end of
+-- the ones before it (one quiet window does not split a surge). An alert of the roll-up
+-- keyword '*' whose window lies within a keyword's incident (one window's slack either side)
+-- is that incident's echo and belongs to it (to each, where incidents of two keywords
+-- overlap); the other '*' alerts form incidents of their own (incident_keyword '*') by the
+-- same rule. incident_id = incident_keyword || '/' || the start's Unix seconds.
+CREATE OR REPLACE VIEW ${dataset}.incident_alerts AS
+WITH alerts AS (
+  SELECT window_start, window_end, keyword, kind, value, baseline, zscore, sample_post_ids, emitted_at,
+    UNIX_SECONDS(window_start) AS start_s, UNIX_SECONDS(window_end) AS end_s
+  FROM ${dataset}.alerts_unique
+),
+own AS (
+  SELECT *, MAX(end_s) OVER (PARTITION BY keyword ORDER BY start_s, kind
+                             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS previous_end_s
+  FROM alerts WHERE keyword != '*'
+),
+own_numbered AS (
+  SELECT *, SUM(CASE WHEN previous_end_s IS NULL OR start_s > previous_end_s + ${window_seconds} THEN 1 ELSE 0 END)
+              OVER (PARTITION BY keyword ORDER BY start_s, kind ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS n
+  FROM own
+),
+own_spans AS (
+  SELECT keyword, n, MIN(start_s) AS first_s, MAX(end_s) AS last_s FROM own_numbered GROUP BY keyword, n
+),
+echoes AS (
+  SELECT s.keyword AS incident_keyword, s.first_s, a.*
+  FROM alerts AS a
+  JOIN own_spans AS s
+    ON a.keyword = '*' AND a.start_s <= s.last_s + ${window_seconds} AND a.end_s + ${window_seconds} >= s.first_s
+),
+echoed AS (
+  SELECT DISTINCT start_s, kind FROM echoes
+),
+roll_up AS (
+  SELECT a.*, MAX(a.end_s) OVER (ORDER BY a.start_s, a.kind
+                                 ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS previous_end_s
+  FROM alerts AS a
+  LEFT JOIN echoed AS e ON a.start_s = e.start_s AND a.kind = e.kind
+  WHERE a.keyword = '*' AND e.start_s IS NULL
+),
+roll_up_numbered AS (
+  SELECT *, SUM(CASE WHEN previous_end_s IS NULL OR start_s > previous_end_s + ${window_seconds} THEN 1 ELSE 0 END)
+              OVER (ORDER BY start_s, kind ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS n
+  FROM roll_up
+),
+incident_of AS (
+  SELECT o.keyword AS incident_keyword, s.first_s, o.window_start, o.window_end, o.keyword, o.kind, o.value,
+    o.baseline, o.zscore, o.sample_post_ids, o.emitted_at
+  FROM own_numbered AS o JOIN own_spans AS s ON o.keyword = s.keyword AND o.n = s.n
+  UNION ALL
+  SELECT incident_keyword, first_s, window_start, window_end, keyword, kind, value, baseline, zscore,
+    sample_post_ids, emitted_at
+  FROM echoes
+  UNION ALL
+  SELECT '*' AS incident_keyword, MIN(start_s) OVER (PARTITION BY n) AS first_s, window_start, window_end, keyword,
+    kind, value, baseline, zscore, sample_post_ids, emitted_at
+  FROM roll_up_numbered
+)
+SELECT CONCAT(incident_keyword, '/', CAST(first_s AS STRING)) AS incident_id, incident_keyword,
+  window_start, window_end, keyword, kind, value, baseline, zscore, sample_post_ids, emitted_at
+FROM incident_of;
+
+-- One row per incident: its keyword, when it started and ended (the first window's start, the
+-- last window's end), its peak (the alert with the greatest zscore: window and kind), the
+-- kinds it raised, its size (alerts, of which echoes: '*' alerts), and status: 'closed'
+-- once the job has written a window ending more than one window after the incident's end
+-- (it went a quiet window without alerting: a later alert starts a new incident), else 'open'.
+CREATE OR REPLACE VIEW ${dataset}.incidents AS
+WITH ranked AS (
+  SELECT *, ROW_NUMBER() OVER (PARTITION BY incident_id ORDER BY zscore DESC, window_start, kind) AS r
+  FROM ${dataset}.incident_alerts
+),
+latest AS (
+  SELECT MAX(window_end) AS last_end FROM ${dataset}.sentiment_windows_latest
+)
+SELECT incident_id, incident_keyword AS keyword, MIN(window_start) AS started_at, MAX(window_end) AS ended_at,
+  MAX(CASE WHEN r = 1 THEN window_start END) AS peak_at, MAX(CASE WHEN r = 1 THEN kind END) AS peak_kind,
+  MAX(zscore) AS peak_zscore, STRING_AGG(DISTINCT kind, ', ' ORDER BY kind) AS kinds,
+  COUNT(*) AS alerts, COUNTIF(keyword = '*' AND incident_keyword != '*') AS echoes,
+  CASE WHEN UNIX_SECONDS(MAX(latest.last_end)) > UNIX_SECONDS(MAX(window_end)) + ${window_seconds}
+       THEN 'closed' ELSE 'open' END AS status
+FROM ranked CROSS JOIN latest
+GROUP BY incident_id, incident_keyword;

@@ -45,6 +45,7 @@ import json
 import math
 import os
 import threading
+import unicodedata
 import uuid
 from typing import Any, Mapping
 
@@ -97,8 +98,29 @@ def check_label_id(label_id: Any) -> str:
     return label_id
 
 
+# Characters that change how the text around them is shown: bidirectional embeddings,
+# overrides and isolates (a name that reads backwards in a table or a terminal).
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def unprintable(value: str) -> str | None:
+    """Why `value` cannot be shown as it is (a control character such as NUL, a newline or ESC,
+    a bidirectional override, a lone UTF-16 surrogate), or None: the rule post fields follow
+    (transforms/parse), plus the bidi controls."""
+    for ch in value:
+        category = unicodedata.category(ch)
+        if category == "Cs":
+            return "an unpaired UTF-16 surrogate (not Unicode text)"
+        if category == "Cc":
+            return f"a control character (U+{ord(ch):04X})"
+        if ch in BIDI_CONTROLS:
+            return f"a bidirectional override (U+{ord(ch):04X})"
+    return None
+
+
 def check_reviewer(reviewer: Any) -> str:
-    """A reviewer's name, stripped; ValueError (one sentence) when empty or the roll-up '*'."""
+    """A reviewer's name, stripped; ValueError (one sentence) when empty, the roll-up '*', too
+    long, or holding a character that cannot be shown as text (`unprintable`)."""
     if not isinstance(reviewer, str) or not reviewer.strip():
         raise ValueError("a label needs a reviewer: give a non-empty name")
     reviewer = reviewer.strip()
@@ -106,6 +128,9 @@ def check_reviewer(reviewer: Any) -> str:
         raise ValueError("'*' is reserved for the all-reviewers rows of label_agreement: choose another name")
     if len(reviewer) > 200:
         raise ValueError("a reviewer's name may hold at most 200 characters")
+    problem = unprintable(reviewer)
+    if problem:
+        raise ValueError(f"a reviewer's name cannot hold {problem}")
     return reviewer
 
 

@@ -6,6 +6,8 @@
     pulse dashboard --output DIR|PROJECT:DATASET    the dashboard and review desk (http://127.0.0.1:8501)
     pulse accuracy --output DIR|PROJECT:DATASET [--margin 0.05] [--min-labels 50] [--model bundled|DIR]
                                                     the live model against the reviewers' labels; model_degraded alerts
+    pulse notify   --config notify.toml --output DIR | --subscription projects/P/subscriptions/S [--follow 10]
+                                                    alerts or incidents to webhooks and e-mail, each once
     pulse ingest   --keywords acme,nimbus --topic projects/P/topics/T     X API -> Pub/Sub
     pulse publish  --topic projects/P/topics/T --file posts.jsonl --rate 100
     pulse retrain  --output DIR|PROJECT:DATASET --registry DIR|gs://...   challenger vs current model
@@ -27,6 +29,8 @@ COMMANDS = {
     "summary": ("pipelines.cli.sql", "summary_main", "print a per-keyword summary of an output directory"),
     "dashboard": ("dashboard.cli", "main", "serve the dashboard and review desk over an output (a web page)"),
     "accuracy": ("connectors.monitoring.accuracy_watch", "main", "the live model against the reviewers' labels; model_degraded alerts"),
+    "notify": ("connectors.monitoring.notify", "main",
+               "deliver alerts or incidents to Slack-compatible webhooks, JSON webhooks and e-mail"),
     "ingest": ("pipelines.cli.ingest", "main", "poll the X API and publish posts to Pub/Sub"),
     "publish": ("pipelines.cli.publish", "main", "publish a JSON-lines file or synthetic posts to Pub/Sub"),
     "retrain": ("pipelines.cli", "retrain_main", "train a challenger on corpora + labels; promote it if better"),

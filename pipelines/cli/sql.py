@@ -27,14 +27,17 @@ import base64
 import csv
 import datetime as dt
 import json
+import re
 import sys
 from typing import Any, Sequence, TextIO
 
 import duckdb
 
 from connectors.query import duckdb_sql, sqlfiles
+from connectors.sinks.labels import BIDI_CONTROLS
 
 FORMATS = ("table", "csv", "json")
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -102,8 +105,9 @@ def summary_main(argv: Sequence[str] | None = None, out: TextIO | None = None) -
     _add_job_settings(parser)
     args = parser.parse_args(argv)
     try:
-        text, skipped = duckdb_sql.with_connection(args.output, lambda con: summary_text(con, args.output),
-                                                   settings=_settings(args))
+        settings = _settings(args)
+        text, skipped = duckdb_sql.with_connection(
+            args.output, lambda con: summary_text(con, args.output, settings.window_size), settings=settings)
     except (duckdb_sql.OutputNotFound, sqlfiles.SqlError) as e:
         return _fail(f"pulse summary: {e}", 2)
     except duckdb.Error as e:
@@ -114,12 +118,17 @@ def summary_main(argv: Sequence[str] | None = None, out: TextIO | None = None) -
     return 0
 
 
-def summary_text(con: duckdb.DuckDBPyConnection, output_dir: str) -> str:
-    """The readable summary: per keyword posts / % negative / alerts, totals, dead letters
-    (all read through the de-duplicating views)."""
-    def run(name):
+# Drivers compare a window with the baseline its alerts were judged against: the job's default
+# --alert_baseline_windows windows before it.
+BASELINE_WINDOWS = 30
+
+
+def summary_text(con: duckdb.DuckDBPyConnection, output_dir: str, window_size: int = 60) -> str:
+    """The readable summary: per keyword posts / % negative / alerts, totals, dead letters, and
+    the incidents with their drivers (all read through the de-duplicating views)."""
+    def run(name, params=None):
         q = sqlfiles.load_query(name)
-        cur = con.execute(q.render("duckdb"), q.bind()) if q.params else con.execute(q.render("duckdb"))
+        cur = con.execute(q.render("duckdb"), q.bind(params)) if q.params else con.execute(q.render("duckdb"))
         return [d[0] for d in cur.description], cur.fetchall()
 
     _, keywords = run("keyword_summary")
@@ -144,7 +153,32 @@ def summary_text(con: duckdb.DuckDBPyConnection, output_dir: str) -> str:
     if dead:
         lines += ["  " + line for line in format_table(
             ("stage", "reason", "messages"), [row[:3] for row in dead]).splitlines()]
+    lines += incident_lines(con, run, window_size)
     return "\n".join(lines) + "\n"
+
+
+def incident_lines(con: duckdb.DuckDBPyConnection, run, window_size: int, drivers: int = 5) -> list[str]:
+    """Each incident (view incidents: a keyword's consecutive alerts with their '*' echoes), the
+    latest first: its time span with the date, kinds, peak and size, and the terms that set it
+    apart from the keyword's baseline (connectors/query/queries/drivers.sql), with the posts holding each."""
+    incidents = con.execute("SELECT keyword, started_at, ended_at, kinds, peak_zscore, peak_at, alerts, status "
+                            "FROM incidents ORDER BY started_at DESC, keyword").fetchall()
+    if not incidents:
+        return ["", "incidents: none (no alerts)"]
+    baseline = BASELINE_WINDOWS * window_size
+    lines = ["", f"incidents: {len(incidents)} (consecutive alerts of a keyword with their '*' echoes), "
+                 "the latest first; drivers: terms that set the incident apart from the keyword's "
+                 f"{baseline // 60} minutes before (posts holding each: in the incident vs before)"]
+    for keyword, started, ended, kinds, peak, peak_at, alerts, status in incidents:
+        start, end = (t.astimezone(dt.timezone.utc) for t in (started, ended))
+        peak_at = peak_at.astimezone(dt.timezone.utc)
+        lines.append(f"  {visible(keyword)}  {start:%Y-%m-%d %H:%M}-{end:%H:%M} UTC  {kinds}  peak z {peak:.1f} at "
+                     f"{peak_at:%H:%M}  {alerts} alert{'s' if alerts != 1 else ''}  {status}")
+        _, found = run("drivers", {"keyword": keyword, "window_start": start, "window_end": end,
+                                   "baseline_seconds": baseline, "limit": drivers})
+        terms = ", ".join(f"{visible(term)} ({inside} vs {before})" for term, _kind, inside, before, *_ in found)
+        lines.append(f"    drivers: {terms or 'no terms'}")
+    return lines
 
 
 def print_query_list(out: TextIO) -> None:
@@ -158,12 +192,15 @@ def print_query_list(out: TextIO) -> None:
 
 def write_result(columns: list[str], rows: list[tuple], fmt: str, out: TextIO) -> None:
     if fmt == "csv":
+        # Newlines and tabs inside a quoted CSV field are data; every other control character is escaped.
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows([[_text(v) for v in row] for row in rows])
+        writer.writerow([visible(c, keep="\n\t") for c in columns])
+        writer.writerows([[visible(v, keep="\n\t") if isinstance(v, str) else v for v in map(_text, row)]
+                          for row in rows])
     elif fmt == "json":
-        json.dump([dict(zip(columns, map(_jsonable, row))) for row in rows], out, ensure_ascii=False, indent=1)
-        out.write("\n")
+        # json escapes C0 controls itself; DEL, C1 controls, bidi overrides and lone surrogates as \uNNNN.
+        text = json.dumps([dict(zip(columns, map(_jsonable, row))) for row in rows], ensure_ascii=False, indent=1)
+        out.write(_JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n")
     else:
         out.write(format_table(columns, [[_text(v) for v in row] for row in rows]) + "\n")
         out.write(f"({len(rows)} row{'s' if len(rows) != 1 else ''})\n")
@@ -237,8 +274,28 @@ def _fixed(value: float | None) -> str:
     return "" if value is None else f"{value:+.3f}"
 
 
+def visible(text: str, keep: str = "") -> str:
+    """`text` with every character a terminal would act on written as an escape: control
+    characters (NUL, ESC, a carriage return ...) as \\xNN, bidirectional overrides and lone
+    UTF-16 surrogates as \\uNNNN; the characters in `keep` stay as they are."""
+    if text.isprintable() and not BIDI_CONTROLS.intersection(text):
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in keep:
+            out.append(ch)
+        elif code < 0x20 or 0x7F <= code <= 0x9F:
+            out.append(f"\\x{code:02x}")
+        elif ch in BIDI_CONTROLS or 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def _clip(text: str, width: int) -> str:
-    text = text.replace("\n", " ")
+    text = visible(text.replace("\n", " "))
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
