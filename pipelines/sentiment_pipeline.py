@@ -176,7 +176,8 @@ def check_input_for_runner(sentiment: SentimentOptions, runner: Runner) -> None:
     through connectors/pubsub_direct); Flink, Prism and the other portable runners would accept
     the graph and fail on the workers, or never read. The cross-language read
     (apache_beam.io.external.gcp.pubsub) needs Beam's Java GCP expansion service jar, which the
-    machines this project builds on cannot fetch (docs/design/flink.md), so it is not offered.
+    machines this project builds on cannot fetch (docs/DESIGN.md, "Runners and worker
+    environments"), so it is not offered.
     """
     if is_pubsub_path(sentiment.input) and not (runner.is_direct or runner.is_dataflow):
         raise OptionsError(f"--input {sentiment.input}: {runner.name} cannot read Pub/Sub (Beam's Python Pub/Sub "

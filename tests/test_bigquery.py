@@ -187,7 +187,9 @@ QUERY_PARAMS = {
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("name", sqlfiles.query_names())
+# `drivers` needs posts with more than one term (these rows all read "text of <id>"): its parity with
+# BigQuery is tested on a themed stream in tests/test_drivers_incidents.py.
+@pytest.mark.parametrize("name", [n for n in sqlfiles.query_names() if n != "drivers"])
 def test_every_query_gives_the_same_answer_on_bigquery_and_duckdb(name, bq_emulator, bq_client, tmp_path,
                                                                   bq_dataset_with_rows):
     from google.cloud import bigquery

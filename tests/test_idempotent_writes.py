@@ -265,6 +265,9 @@ def every_answer(output_dir):
         params = []
         if name == "top_negative_posts":
             params = ["--param", f"window_start={iso(-3600)}", "--param", f"window_end={iso(3600)}"]
+        if name == "drivers":
+            params = ["--param", "keyword=*", "--param", f"window_start={iso(-600)}",
+                      "--param", f"window_end={iso(3600)}"]
         answers[name] = pulse_sql(output_dir, name, *params)
     out = io.StringIO()
     assert sql_cli.summary_main(["--output", output_dir], out=out) == 0

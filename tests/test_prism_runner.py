@@ -13,7 +13,7 @@ column; the panes of every window add up to the final window on both.
 
 Flink is not here: Beam's Flink job server jar (beam-runners-flink-<flink>-job-server) is not
 served by the Maven repository this project can reach, for any Beam or Flink version tried
-(docs/design/flink.md lists them).
+(docs/DESIGN.md, "Runners and worker environments", lists them).
 
     make prism && .venv/bin/pytest tests/test_prism_runner.py -q
 """
