@@ -371,9 +371,11 @@ def posts_page(source: data.Source, keyword: str, lang: str, span) -> None:
     frame = data.posts(source, keyword, lang, span[0], span[1], search, limit=PAGE_SIZE,
                        offset=(page - 1) * PAGE_SIZE, **filters)
     first = (page - 1) * PAGE_SIZE + 1 if total else 0
+    unlabelled = (data.posts_count(source, keyword, lang, span[0], span[1], search, **dict(filters, label="none"))
+                  if label in ("*", "none") else 0)
     st.caption(f"posts {first:,}–{first + len(frame) - 1 if total else 0:,} of {total:,} (newest first), "
                f"created {span[0]:%Y-%m-%d %H:%M} to {span[1]:%Y-%m-%d %H:%M} UTC; reviewer_labels: the label each "
-               "reviewer holds now")
+               "reviewer holds now" + (f"; {unlabelled:,} without a label (skip_reason says why)" if unlabelled else ""))
     st.dataframe(_decoded(frame), hide_index=True, use_container_width=True,
                  column_config={"confidence": st.column_config.ProgressColumn("confidence", min_value=0, max_value=1),
                                 "score": st.column_config.NumberColumn("score", format="%.3f"),

@@ -30,8 +30,13 @@ def test_another_beam_version_is_refused_in_one_line():
                             "(pip install -r requirements.lock)")
 
 
+# StateSampler.update_metric is a method of a compiled (Cython) class: it cannot be deleted to
+# simulate a move, so it is left out here; check_beam's lookup of it is covered by
+# test_every_patched_internal_of_the_pinned_beam_is_there.
 @pytest.mark.parametrize("patch, module, path", [(patch, module, path) for patch, targets in PATCHED_INTERNALS.items()
-                                                 for module, path in targets])
+                                                 for module, path in targets
+                                                 if (module, path) != ("apache_beam.runners.worker.statesampler",
+                                                                       "StateSampler.update_metric")])
 def test_a_patched_internal_that_moved_stops_the_install(patch, module, path, monkeypatch, tmp_path, capsys):
     owner = importlib.import_module(module)
     *parents, name = path.split(".")
@@ -44,7 +49,7 @@ def test_a_patched_internal_that_moved_stops_the_install(patch, module, path, mo
         try:
             monkeypatch.delattr(holder, name)
         except TypeError:
-            pytest.skip(f"{holder.__name__}.{name} is compiled (Cython): it cannot be removed to simulate a move")
+            pytest.fail(f"{holder.__name__}.{name} cannot be removed to simulate a move: leave it out above")
     with pytest.raises(PatchedBeamMismatch, match=f"has no {module}.{path}, which the DirectRunner patch "
                                                   f"pipelines/direct_runner/{patch}.py replaces"):
         direct_runner.install_direct_runner_fixes()

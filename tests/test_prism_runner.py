@@ -18,6 +18,7 @@ served by the Maven repository this project can reach, for any Beam or Flink ver
     make prism && .venv/bin/pytest tests/test_prism_runner.py -q
 """
 import random
+import signal
 
 import pytest
 
@@ -36,10 +37,14 @@ def runs(tmp_path_factory, prism_binary, worker_pool):  # noqa: F811
     shuffled = lines_in_order()
     random.Random(11).shuffle(shuffled)
     (tmp / "shuffled.jsonl").write_bytes(b"\n".join(shuffled) + b"\n")
-    prism = sentiment_pipeline.run([
-        "--runner", "PrismRunner", "--prism_location", prism_binary,
-        "--environment_type", "EXTERNAL", "--environment_config", endpoint,
-        "--input", str(tmp / "shuffled.jsonl"), "--output", str(tmp / "prism"), "--model", "bundled"])
+    sigint = signal.getsignal(signal.SIGINT)  # Beam's job server installs its own and never restores it
+    try:
+        prism = sentiment_pipeline.run([
+            "--runner", "PrismRunner", "--prism_location", prism_binary,
+            "--environment_type", "EXTERNAL", "--environment_config", endpoint,
+            "--input", str(tmp / "shuffled.jsonl"), "--output", str(tmp / "prism"), "--model", "bundled"])
+    finally:
+        signal.signal(signal.SIGINT, sigint)
     direct = sentiment_pipeline.run(["--input", str(tmp / "shuffled.jsonl"), "--output", str(tmp / "direct"),
                                      "--model", "bundled"])
     return prism, direct, str(tmp / "prism"), str(tmp / "direct"), pool_log

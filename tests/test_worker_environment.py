@@ -202,6 +202,6 @@ def test_a_launcher_path_pickled_into_the_handler_fails_on_those_workers(tmp_pat
     endpoint, _ = worker_pool
     options = PipelineOptions(["--runner", "PortableRunner", "--job_endpoint", job_service,
                                "--environment_type", "EXTERNAL", "--environment_config", endpoint])
-    with pytest.raises(Exception, match="No file or directory found at " + re.escape(BUNDLED_DIR)):
+    with pytest.raises(Exception, match=re.escape(BUNDLED_DIR) + r".*(No file or directory found|No such file or directory)"):
         with beam.Pipeline(options=options) as p:
             _ = (p | beam.Create(["I love it"]) | RunInference(ContractSavedModelHandler(BUNDLED_DIR)))
