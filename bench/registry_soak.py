@@ -71,7 +71,8 @@ class SoakResult:
                 f"rows not matching their version's own output {self.mismatched}; {self.seconds:.0f} s")
 
 
-def _variant(source: str, dest: str, version: str) -> str:
+def model_variant(source: str, dest: str, version: str) -> str:
+    """A copy of a model directory whose model.json names another version (same weights)."""
     shutil.copytree(source, dest)
     spec_path = os.path.join(dest, "model.json")
     with open(spec_path) as f:
@@ -147,12 +148,12 @@ def run_soak(model_a: str, model_b: str, workdir: str, duration_s: float, rate: 
     names = {"a": base, "broken": f"{base}-broken", "b": f"{base}-b", "a2": f"{base}-a2"}
     root = os.path.join(workdir, "registry")
     registry.init(root, model_a)
-    broken = _variant(model_a, os.path.join(workdir, "broken"), names["broken"])
+    broken = model_variant(model_a, os.path.join(workdir, "broken"), names["broken"])
     with open(os.path.join(broken, "saved_model.pb"), "wb") as f:
         f.write(b"\x08\x01")  # cut short: model.json is fine, the SavedModel does not load
     registry.add_version(root, broken)
-    registry.add_version(root, _variant(model_b, os.path.join(workdir, "b"), names["b"]))
-    registry.add_version(root, _variant(model_a, os.path.join(workdir, "a2"), names["a2"]))
+    registry.add_version(root, model_variant(model_b, os.path.join(workdir, "b"), names["b"]))
+    registry.add_version(root, model_variant(model_a, os.path.join(workdir, "a2"), names["a2"]))
     locations = {v: registry.version_location(root, v) for v in names.values()}
     topic, subscription = _topic_and_subscription(os.path.basename(workdir.rstrip("/")) + str(os.getpid()))
     out = os.path.join(workdir, "out")

@@ -56,26 +56,26 @@ def macro_f1_present(truth: Sequence[int], predicted: Sequence[int], n: int = 3)
     return float(f1[present].sum() / present.sum())
 
 
-def _macro_f1_of_counts(m: np.ndarray) -> np.ndarray:
-    """Confusion matrices `[..., n, n]` -> macro-F1 `[...]` (the same rule as `macro_f1`)."""
+def _f1_of_counts(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Confusion matrices `[..., n, n]` -> (F1 per class, predicted, actual), each `[..., n]`."""
     tp = np.diagonal(m, axis1=-2, axis2=-1).astype(float)
     predicted, actual = m.sum(-2), m.sum(-1)
     precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
     recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    return f1.mean(-1)
+    return f1, predicted, actual
+
+
+def _macro_f1_of_counts(m: np.ndarray) -> np.ndarray:
+    """Confusion matrices `[..., n, n]` -> macro-F1 `[...]` (the same rule as `macro_f1`)."""
+    return _f1_of_counts(m)[0].mean(-1)
 
 
 def _macro_f1_present_of_counts(m: np.ndarray) -> np.ndarray:
     """Confusion matrices `[..., n, n]` -> macro-F1 over the classes present `[...]` (`macro_f1_present`;
     0 where no class is present)."""
-    tp = np.diagonal(m, axis1=-2, axis2=-1).astype(float)
-    predicted, actual = m.sum(-2), m.sum(-1)
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    f1, predicted, actual = _f1_of_counts(m)
     present = (predicted + actual) > 0
     count = present.sum(-1)
     return np.divide((f1 * present).sum(-1), count, out=np.zeros(count.shape), where=count > 0)

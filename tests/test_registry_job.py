@@ -14,20 +14,19 @@ registry watch's heartbeat, such a job stopped reading about 20 s after its firs
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import re
-import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import duckdb
 import pytest
 
+from bench.registry_soak import model_variant
 from connectors.feeds.publisher import Publisher, post_message, rfc3339
 from models import registry
+from tests.test_graceful_stop import pulse_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -36,33 +35,16 @@ POSTS, RATE, PROMOTE_AT, WATCH_S = 240, 4.0, 120, 2
 TEXTS = ("I love this phone", "I hate the new update, worst ever", "the app opens at nine")
 
 
-def _second_version(model_dir: str, dest: str, version: str) -> str:
-    """The same model under another version name (model.json says which version scored a row)."""
-    shutil.copytree(model_dir, dest)
-    spec_path = os.path.join(dest, "model.json")
-    with open(spec_path) as f:
-        spec = json.load(f)
-    spec["version"] = version
-    with open(spec_path, "w") as f:
-        json.dump(spec, f)
-    return dest
-
-
-def _pulse() -> list[str]:
-    pulse = os.path.join(os.path.dirname(sys.executable), "pulse")
-    return [pulse, "run"] if os.access(pulse, os.X_OK) else [sys.executable, "-m", "pipelines.cli", "run"]
-
-
 def test_a_registry_job_reads_a_trickle_to_the_end_across_a_promotion(pubsub_env, tiny_bundled_model, tmp_path):
     root = str(tmp_path / "registry")
     registry.init(root, tiny_bundled_model)  # current: tiny-test
-    registry.add_version(root, _second_version(tiny_bundled_model, str(tmp_path / "v2"), "tiny-v2"))
+    registry.add_version(root, model_variant(tiny_bundled_model, str(tmp_path / "v2"), "tiny-v2"))
     topic = pubsub_env.topic("trickle")
     subscription = pubsub_env.subscription(topic)
     out = str(tmp_path / "out")
     env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub_env.host, TF_USE_LEGACY_KERAS="1",
                TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(_pulse() + ["--input", subscription, "--output", out, "--model", f"registry:{root}",
+    proc = subprocess.Popen(pulse_command() + ["--input", subscription, "--output", out, "--model", f"registry:{root}",
                                         "--model_watch_interval", str(WATCH_S), "--window_size", "10"],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     publisher = Publisher(topic)
