@@ -28,6 +28,7 @@ import streamlit as st
 from connectors.query import sqlfiles
 from connectors.sinks.labels import check_reviewer
 from dashboard import data
+from dashboard.charts import time_tooltip, time_x
 from dashboard.safe_text import decoded, md
 
 PAGES = ("Overview", "Alerts", "Compare", "Posts", "Health", "Accuracy", "Review")
@@ -155,21 +156,21 @@ def overview(source: data.Source, keyword: str, lang: str, span) -> None:
                    f"{int(latest['pane_index'])}, updated {pd.Timestamp(latest['emitted_at']):%H:%M:%S} UTC "
                    "(it keeps updating until the window closes)")
     frame["negative_share"] = frame["negative_share"].astype(float)
-    base = alt.Chart(frame).encode(x=alt.X("window_start:T", title="window (UTC)"))
+    base = alt.Chart(frame).encode(x=time_x())
     colours = alt.Scale(domain=["EARLY", "ON_TIME", "LATE", "UNKNOWN"],
                         range=["#f2a33a", "#4c78a8", "#b279a2", "#999999"])
     posts = base.mark_bar().encode(
         y=alt.Y("posts:Q", title="posts"),
         color=alt.Color("pane_timing:N", scale=colours, title="latest pane"),
-        tooltip=["window_start:T", "posts:Q", "negative:Q", "unsupported:Q", "pane_timing:N", "pane_index:Q"])
+        tooltip=[time_tooltip(), "posts:Q", "negative:Q", "unsupported:Q", "pane_timing:N", "pane_index:Q"])
     share = base.mark_line(point=True).encode(
         y=alt.Y("negative_share:Q", title="negative share", axis=alt.Axis(format="%")),
-        tooltip=["window_start:T", alt.Tooltip("negative_share:Q", format=".1%"), "posts:Q"])
+        tooltip=[time_tooltip(), alt.Tooltip("negative_share:Q", format=".1%"), "posts:Q"])
     layers = [share]
     if not alerts.empty:
         marks = alerts.assign(window_start=pd.to_datetime(alerts["window_start"], utc=True))
         layers.append(alt.Chart(marks).mark_rule(color="#d62728", strokeDash=[4, 3]).encode(
-            x="window_start:T", tooltip=["window_start:T", "keyword:N", "kind:N", alt.Tooltip("zscore:Q", format=".1f")]))
+            x=time_x(), tooltip=[time_tooltip(), "keyword:N", "kind:N", alt.Tooltip("zscore:Q", format=".1f")]))
     st.subheader("Posts per window")
     st.altair_chart(posts.properties(height=220), use_container_width=True)
     st.subheader("Negative share per window (red: alerts)")
@@ -178,7 +179,7 @@ def overview(source: data.Source, keyword: str, lang: str, span) -> None:
         st.subheader("Unsupported-language posts per window (stored, not labelled)")
         st.altair_chart(base.mark_bar(color="#999999").encode(
             y=alt.Y("unsupported:Q", title="posts without a label"),
-            tooltip=["window_start:T", "unsupported:Q", "posts:Q"]).properties(height=140),
+            tooltip=[time_tooltip(), "unsupported:Q", "posts:Q"]).properties(height=140),
             use_container_width=True)
     fixes = data.corrections(source, keyword, lang, start, end)
     st.subheader("Late panes (corrections)")
@@ -313,15 +314,16 @@ def compare_page(source: data.Source, span) -> None:
     if over_time.empty:
         return
     over_time["window_start"] = pd.to_datetime(over_time["window_start"], utc=True)
-    x = alt.X("window_start:T", title="window (UTC)", axis=alt.Axis(format="%m-%d %H:%M"))
+    x = time_x()
     for metric, title, fmt in (("net_sentiment", "net sentiment", "+.2f"), ("negative_share", "negative share", "%"),
                                ("share_of_voice", "share of voice", "%")):
         st.subheader(f"{title.capitalize()} per window (the period before: left of the rule)")
         chart = alt.Chart(over_time).mark_line(point=True).encode(
             x=x, y=alt.Y(f"{metric}:Q", title=title, axis=alt.Axis(format=fmt)), color=alt.Color("keyword:N"),
-            tooltip=[alt.Tooltip("window_start:T", format="%Y-%m-%d %H:%M"), "keyword:N", "posts:Q",
+            tooltip=[time_tooltip(), "keyword:N", "posts:Q",
                      alt.Tooltip(f"{metric}:Q", format=".3f")])
-        rule = alt.Chart(pd.DataFrame({"t": [pd.Timestamp(start)]})).mark_rule(strokeDash=[4, 3]).encode(x="t:T")
+        rule = alt.Chart(pd.DataFrame({"t": [pd.Timestamp(start)]})).mark_rule(strokeDash=[4, 3]).encode(
+            x=time_x("t"), tooltip=[time_tooltip("t", "period starts")])
         st.altair_chart(alt.layer(chart, rule).properties(height=200), use_container_width=True)
 
 
@@ -434,8 +436,8 @@ def health_page(source: data.Source, span) -> None:
     else:
         dead["minute"] = pd.to_datetime(dead["minute"], utc=True)
         st.altair_chart(alt.Chart(dead).mark_bar().encode(
-            x=alt.X("minute:T", title="received (UTC)"), y=alt.Y("dead_letters:Q", title="dead letters"),
-            color="stage:N", tooltip=["minute:T", "stage:N", "reason:N", "dead_letters:Q"]).properties(height=200),
+            x=time_x("minute", "received (UTC)"), y=alt.Y("dead_letters:Q", title="dead letters"),
+            color="stage:N", tooltip=[time_tooltip("minute"), "stage:N", "reason:N", "dead_letters:Q"]).properties(height=200),
             use_container_width=True)
         st.dataframe(dead.groupby(["stage", "reason"], as_index=False)["dead_letters"].sum()
                      .sort_values("dead_letters", ascending=False), hide_index=True, use_container_width=True)
@@ -451,13 +453,14 @@ def health_page(source: data.Source, span) -> None:
     signals = drift.melt(id_vars=["window_start"], value_vars=["oov_rate", "mean_confidence"],
                          var_name="signal", value_name="value")
     st.altair_chart(alt.Chart(signals).mark_line(point=True).encode(
-        x=alt.X("window_start:T", title="window (UTC)"), y="value:Q", color="signal:N",
-        tooltip=["window_start:T", "signal:N", alt.Tooltip("value:Q", format=".3f")]).properties(height=200),
+        x=time_x(), y="value:Q", color="signal:N",
+        tooltip=[time_tooltip(), "signal:N", alt.Tooltip("value:Q", format=".3f")]).properties(height=200),
         use_container_width=True)
     mix = drift.melt(id_vars=["window_start"], value_vars=["negative_share", "neutral_share", "positive_share"],
                      var_name="class", value_name="share")
     st.altair_chart(alt.Chart(mix).mark_area().encode(
-        x=alt.X("window_start:T", title="window (UTC)"), y=alt.Y("share:Q", stack="normalize", title="class mix"),
+        x=time_x(), y=alt.Y("share:Q", stack="normalize", title="class mix"), tooltip=[time_tooltip(), "class:N",
+        alt.Tooltip("share:Q", format=".1%")],
         color=alt.Color("class:N", scale=alt.Scale(domain=["negative_share", "neutral_share", "positive_share"],
                                                    range=["#d62728", "#bbbbbb", "#2ca02c"]))).properties(height=200),
         use_container_width=True)

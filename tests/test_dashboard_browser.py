@@ -6,7 +6,9 @@ the `labels` table; a screenshot is saved (PULSE_SCREENSHOT_DIR, else the test's
     .venv/bin/pytest tests/test_dashboard_browser.py -q
 """
 import contextlib
+import datetime as dt
 import os
+import re
 import shutil
 import signal
 import socket
@@ -103,6 +105,35 @@ def metrics(driver) -> dict[str, str]:
     return out
 
 
+# The page's opacity, sampled every 0.25 s for 10 s in the page itself: the lowest computed
+# opacity of the main block and of every element in it (Streamlit greys stale elements while it
+# re-runs the script), and whether any element was marked stale.
+SAMPLE_OPACITY = """
+const done = arguments[arguments.length - 1];
+const samples = [];
+const timer = setInterval(() => {
+  const main = document.querySelector('[data-testid="stMain"]');
+  let low = main ? parseFloat(getComputedStyle(main).opacity) : 0;
+  for (const e of document.querySelectorAll('[data-testid="stMain"] [data-testid="stElementContainer"]')) {
+    low = Math.min(low, parseFloat(getComputedStyle(e).opacity));
+  }
+  samples.push([low, document.querySelectorAll('[data-stale="true"]').length]);
+  if (samples.length >= 40) { clearInterval(timer); done(samples); }
+}, 250);
+"""
+
+
+def opacity_samples(driver) -> list[tuple[float, int]]:
+    driver.set_script_timeout(60)
+    return [tuple(s) for s in driver.execute_async_script(SAMPLE_OPACITY)]
+
+
+def axis_labels(driver) -> list[str]:
+    """The tick labels of the page's charts (Vega draws them as SVG text)."""
+    return [t.text.strip() for t in driver.find_elements(
+        By.CSS_SELECTOR, '[data-testid="stVegaLiteChart"] svg g.role-axis-label text') if t.text.strip()]
+
+
 def wait_for(driver, condition, timeout=60):
     return WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda d: condition(d))
 
@@ -129,6 +160,21 @@ def test_the_page_shows_the_tables_figures_and_labels_go_to_the_labels_table(das
     assert shown["Posts"] == f"{posts:,}"
     assert shown["Negative share"] == f"{negative / posts:.1%}"
     assert shown["Alerts"] == str(alerts)
+
+    # A finished run is never greyed: the page stays at full opacity while it looks for news.
+    samples = opacity_samples(browser)
+    print(f"Overview opacity over 10 s: {sum(o == 1.0 for o, _ in samples)} of {len(samples)} samples at 1.0, "
+          f"lowest {min(o for o, _ in samples)}, stale marks in {sum(n > 0 for _, n in samples)}")
+    assert sum(o == 1.0 for o, _ in samples) >= len(samples) - 1, samples
+
+    # Every time axis: the sample's date and 24-hour time on its ticks, in UTC.
+    [(first, last)] = sql(out, "SELECT min(window_start), max(window_end) FROM sentiment_windows_latest")
+    ticks = wait_for(browser, lambda d: [t for t in axis_labels(d)
+                                         if re.fullmatch(r"[A-Z][a-z]{2} \d\d \d\d:\d\d", t)])
+    assert any(t.startswith(f"{first:%b %d} ") for t in ticks), ticks
+    for tick in ticks:  # a 12-hour clock would put the sample's afternoon at 02:40
+        at = dt.datetime.strptime(f"{first:%Y} {tick}", "%Y %b %d %H:%M").replace(tzinfo=dt.timezone.utc)
+        assert first - dt.timedelta(hours=1) <= at <= last + dt.timedelta(hours=1), (tick, first, last)
     browser.save_screenshot(os.path.join(screenshot_dir(tmp_path), "dashboard-overview.png"))
 
     # Alerts: incidents first; the first opens onto its alerts, drivers, example and sample posts.
