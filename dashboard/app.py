@@ -141,15 +141,29 @@ def overview(source: data.Source, keyword: str, lang: str, span) -> None:
     totals = frame[["posts", "negative", "unsupported"]].sum()
     labelled = int(totals["posts"]) - int(totals["unsupported"])
     alerts = data.alerts(source, keyword, start, end)
+    beyond = data.beyond_lateness(source, keyword, lang, start, end)
+    sliding = source.settings.window_period not in (None, source.settings.window_size)
     cols = st.columns(5)
-    cols[0].metric("Posts", f"{int(totals['posts']):,}", help="sum over the windows shown (latest pane of each)")
+    cols[0].metric("Posts in windows", f"{int(totals['posts']):,}",
+                   help="posts counted in the windows shown, from the latest pane of each window"
+                        + ("; with sliding windows a post counts in every window it falls in" if sliding else "")
+                        + ". Posts that arrived past the allowed lateness are stored but in no window: Health "
+                          "counts them in 'Scored posts stored'.")
     cols[1].metric("Negative share", f"{totals['negative'] / labelled:.1%}" if labelled else "–",
-                   help="of the labelled posts: posts in a language no model is configured for are left out")
+                   help="negative posts / labelled posts in the windows shown: posts in a language no model is "
+                        "configured for are left out")
     cols[2].metric("Unsupported language", f"{int(totals['unsupported']):,}",
-                   help="posts stored without a label: no model is configured for their language")
-    cols[3].metric("Alerts", len(alerts))
-    cols[4].metric(f"Window {pd.Timestamp(latest['window_start']):%H:%M}", int(latest["posts"]),
-                   help="the newest window and its latest pane")
+                   help="posts in the windows shown stored without a label: no model is configured for their "
+                        "language")
+    cols[3].metric("Alerts", len(alerts),
+                   help="alerts of the windows shown, one per window, keyword and kind (the all-keywords '*' "
+                        "alerts included); the Alerts page groups them into incidents")
+    cols[4].metric(f"Newest window {pd.Timestamp(latest['window_start']):%H:%M}", int(latest["posts"]),
+                   help=f"posts in the newest window ({pd.Timestamp(latest['window_start']):%Y-%m-%d %H:%M} UTC), "
+                        "from its latest pane")
+    if beyond:
+        st.caption(f"{int(totals['posts']):,} posts in windows ({beyond:,} more arrived past the allowed "
+                   "lateness: stored, in no window; Health counts them)")
     timing = str(latest["pane_timing"])
     if timing == "EARLY":
         st.caption(f"Current window {pd.Timestamp(latest['window_start']):%Y-%m-%d %H:%M} UTC: early pane "
@@ -401,10 +415,17 @@ def health_page(source: data.Source, span) -> None:
     stored = data.stored(source)
     cols = st.columns(5)
     cols[0].metric("Scored posts stored", f"{stored['scored_posts']:,}",
-                   help="every post stored in scored_posts, the unsupported-language ones included")
-    cols[1].metric("Dead letters", f"{stored['dead_letters']:,}")
-    cols[2].metric("Posts past the allowed lateness", f"{stored['beyond_lateness']:,}")
-    cols[3].metric("Windows corrected by late panes", f"{stored['corrected_windows']:,}")
+                   help="every post stored in scored_posts (once per post and keyword), the unsupported-language "
+                        "ones and those past the allowed lateness included; the Overview's 'Posts in windows' "
+                        "leaves out the posts past the allowed lateness")
+    cols[1].metric("Dead letters", f"{stored['dead_letters']:,}",
+                   help="messages that could not be read or scored, each stored once with its stage and reason")
+    cols[2].metric("Posts past the allowed lateness", f"{stored['beyond_lateness']:,}",
+                   help="stored in scored_posts but counted in no window: they arrived after their window had "
+                        "closed for good")
+    cols[3].metric("Windows corrected by late panes", f"{stored['corrected_windows']:,}",
+                   help="windows (keyword, language, start) whose latest pane is late: their figures changed after "
+                        "the on-time pane; the all-keywords and all-languages roll-ups are not counted again")
     cols[4].metric("Unsupported language", f"{stored['unsupported']:,}",
                    help="posts stored without a label: no model is configured for their language")
     if span is not None:

@@ -311,13 +311,25 @@ GROUP BY minute, stage, reason
 ORDER BY minute, stage, reason
 """
 
+# corrected_windows: windows (keyword, language, window_start) whose latest pane is late, each
+# counted once: the roll-up rows of the same posts (keyword '*', language '*') are not windows.
 STORED = """
 SELECT (SELECT COUNT(*) FROM ${dataset}.scored_posts_unique) AS scored_posts,
        (SELECT COUNT(*) FROM ${dataset}.dead_letters_unique) AS dead_letters,
        (SELECT IFNULL(COUNTIF(IFNULL(beyond_lateness, FALSE)), 0) FROM ${dataset}.scored_posts_unique)
          AS beyond_lateness,
-       (SELECT COUNT(*) FROM ${dataset}.sentiment_windows_latest WHERE pane_timing = 'LATE') AS corrected_windows,
+       (SELECT COUNT(*) FROM (
+          SELECT DISTINCT keyword, lang, window_start FROM ${dataset}.sentiment_windows_latest
+          WHERE pane_timing = 'LATE' AND keyword != '*' AND lang != '*')) AS corrected_windows,
        (SELECT COUNT(*) FROM ${dataset}.scored_posts_unique WHERE skip_reason IS NOT NULL) AS unsupported
+"""
+
+# Posts stored but in no window: they arrived after their window had closed for good.
+BEYOND_LATENESS = """
+SELECT COUNT(*) AS posts
+FROM ${dataset}.scored_posts_unique
+WHERE IFNULL(beyond_lateness, FALSE) AND (@keyword = '*' OR keyword = @keyword) AND (@lang = '*' OR lang = @lang)
+  AND created_at >= @start AND created_at < @end
 """
 
 # Posts no model labelled (skip_reason, e.g. unsupported_language), per language and reason.
@@ -525,6 +537,12 @@ def balance(source: Source) -> pd.DataFrame | None:
     if not source.has_view("job_balance"):
         return None
     return source.frame(BALANCE)
+
+
+def beyond_lateness(source: Source, keyword: str, lang: str, start: dt.datetime, end: dt.datetime) -> int:
+    """How many posts of [start, end) arrived past the allowed lateness: stored, counted in no window."""
+    params = {"keyword": keyword, "lang": lang, "start": start, "end": end}
+    return int(source.frame(BEYOND_LATENESS, params).iloc[0]["posts"])
 
 
 def unsupported_by_lang(source: Source, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:

@@ -49,7 +49,7 @@ def test_overview_figures_equal_sql(monkeypatch, dashboard_output):
                                                 "WHERE keyword = '*' AND lang = '*'")
     [(alerts,)] = sql(dashboard_output, "SELECT count(*) FROM alerts_unique")
     shown = metric_values(at)
-    assert shown["Posts"] == f"{posts:,}"
+    assert shown["Posts in windows"] == f"{posts:,}"
     assert shown["Negative share"] == f"{negative / posts:.1%}"
     assert shown["Alerts"] == str(alerts)
 
@@ -72,7 +72,7 @@ def test_a_keyword_filter_narrows_every_figure(monkeypatch, dashboard_output):
                                                 f"WHERE keyword = '{keyword}' AND lang = '*'")
     [(alerts,)] = sql(dashboard_output, f"SELECT count(*) FROM alerts_unique WHERE keyword = '{keyword}'")
     shown = metric_values(at)
-    assert (shown["Posts"], shown["Alerts"]) == (f"{posts:,}", str(alerts))
+    assert (shown["Posts in windows"], shown["Alerts"]) == (f"{posts:,}", str(alerts))
     assert at.header[0].value == f"Overview: {md(keyword)}"
 
 
@@ -123,6 +123,10 @@ def test_health_shows_the_stored_rows_dead_letters_and_drift(monkeypatch, dashbo
     shown = metric_values(at)
     assert (shown["Scored posts stored"], shown["Dead letters"]) == (f"{stored:,}", f"{dead:,}")
     assert shown["Posts past the allowed lateness"] == f"{late:,}"
+    # a window is (keyword, language, start): its roll-ups ('*') are the same posts again
+    [(corrected,)] = sql(dashboard_output, "SELECT count(DISTINCT (keyword, lang, window_start)) FROM sentiment_windows "
+                                           "WHERE pane_timing = 'LATE' AND keyword != '*' AND lang != '*'")
+    assert shown["Windows corrected by late panes"] == f"{corrected:,}"
     by_reason = at.dataframe[-1].value if dead else None
     if dead:
         assert int(by_reason["dead_letters"].sum()) == dead
@@ -341,3 +345,20 @@ def test_every_time_axis_on_every_page_has_the_date_and_24_hour_time(monkeypatch
     # every chart over time was looked at: Overview's posts, share (and unsupported when there
     # are any), Compare's three, Health's dead letters (the sample has some), drift and class mix
     assert charts["Overview"] >= 2 and charts["Compare"] == 3 and charts["Health"] == 3, charts
+
+
+def test_every_headline_figure_says_what_it_counts(monkeypatch, dashboard_output):
+    """Each metric has help that says what it counts; where the Overview's posts and Health's
+    stored posts differ, the Overview says why (the posts past the allowed lateness)."""
+    shown, captions = {}, {}
+    for page in ("Overview", "Health"):
+        at = app(monkeypatch, dashboard_output, page=page)
+        no_traceback(at)
+        for metric in at.metric:
+            assert len(metric.proto.help) > 20, (page, metric.label)
+        shown[page], captions[page] = metric_values(at), [c.value for c in at.caption]
+    [(stored, late)] = sql(dashboard_output, "SELECT count(*), countif(beyond_lateness) FROM scored_posts_unique")
+    in_windows = int(shown["Overview"]["Posts in windows"].replace(",", ""))
+    assert late > 0 and in_windows + late == stored == int(shown["Health"]["Scored posts stored"].replace(",", ""))
+    assert f"{in_windows:,} posts in windows ({late:,} more arrived past the allowed lateness: stored, in no window; " \
+           "Health counts them)" in captions["Overview"]

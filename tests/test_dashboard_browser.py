@@ -152,12 +152,12 @@ def test_the_page_shows_the_tables_figures_and_labels_go_to_the_labels_table(das
     url, out = dashboard
     started = time.monotonic()
     browser.get(url + "/?page=Overview")
-    shown = wait_for(browser, lambda d: (m := metrics(d)) and "Posts" in m and "Alerts" in m and m)
+    shown = wait_for(browser, lambda d: (m := metrics(d)) and "Posts in windows" in m and "Alerts" in m and m)
     first_render_s = time.monotonic() - started
     [(posts, negative)] = sql(out, "SELECT sum(posts), sum(negative) FROM sentiment_windows_latest "
                                    "WHERE keyword = '*' AND lang = '*'")
     [(alerts,)] = sql(out, "SELECT count(*) FROM alerts_unique")
-    assert shown["Posts"] == f"{posts:,}"
+    assert shown["Posts in windows"] == f"{posts:,}"
     assert shown["Negative share"] == f"{negative / posts:.1%}"
     assert shown["Alerts"] == str(alerts)
 

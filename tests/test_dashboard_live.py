@@ -88,7 +88,7 @@ def test_the_page_follows_a_running_pubsub_job(pubsub_env, pubsub_emulator, tiny
     at.run()
     [(total,)] = duckdb_sql.query(out, "SELECT sum(posts) FROM sentiment_windows_latest WHERE keyword = '*' "
                                        "AND lang = '*'")[1]
-    assert metric_values(at)["Posts"] == f"{total:,}" == "32"
+    assert metric_values(at)["Posts in windows"] == f"{total:,}" == "32"
     health = app(monkeypatch, out, page="Health")
     [line] = [m.value for m in health.markdown if m.value.startswith("**Latest run**")]
     assert "read 32 = scored 32 + duplicates 0 + dead letters 0 (balanced)" in line and "(DONE" in line

@@ -17,7 +17,7 @@ def test_overview_counts_unsupported_posts_and_shares_exclude_them(monkeypatch, 
                                                    "sentiment_windows_latest WHERE keyword = '*' AND lang = '*'")
     assert (posts, unsupported) == (7, 4)
     shown = metric_values(at)
-    assert shown["Posts"] == "7" and shown["Unsupported language"] == "4"
+    assert shown["Posts in windows"] == "7" and shown["Unsupported language"] == "4"
     assert shown["Negative share"] == f"{negative / (posts - unsupported):.1%}" == "33.3%"  # 1 of 3 labelled
     assert any("Unsupported-language posts per window" in h.value for h in at.subheader)
 
