@@ -577,6 +577,23 @@ def _save_list(store, reviewer: str) -> None:
 _FIGURES = ["labels", "contested", "accuracy", "macro_f1", "f1_negative", "f1_neutral", "f1_positive"]
 
 
+def _accuracy_headline(row, where: str) -> tuple[str, str | None, str]:
+    """(value, delta, help) of a model version's macro-F1 headline. Under data.MIN_LABELS resolved
+    labels (the accuracy watch's minimum) it says so and shows no delta: a figure from 3 labels is
+    not news against the evaluation."""
+    labels, contested = int(row["labels"]), int(row["contested"])
+    f1 = None if pd.isna(row["macro_f1"]) else float(row["macro_f1"])
+    counted = (f"macro-F1 of the live model over {labels} resolved labels ({contested} contested posts left "
+               f"out); evaluation: {md(where)}")
+    if labels < data.MIN_LABELS:
+        figure = "none yet" if f1 is None else f"{f1:.3f}"
+        return (f"too few labels ({labels} of {data.MIN_LABELS} needed)", None,
+                f"{counted}. The figure so far ({figure}) is not compared with the evaluation below "
+                f"{data.MIN_LABELS} labels, the accuracy watch's minimum.")
+    delta = None if f1 is None or pd.isna(row["evaluation"]) else f"{f1 - row['evaluation']:+.3f} vs evaluation"
+    return ("n/a" if f1 is None else f"{f1:.3f}"), delta, counted
+
+
 def accuracy_page(source: data.Source, keyword: str, conf: dict) -> None:
     """The live model against the review desk's resolved labels (view model_accuracy), beside the
     model's own evaluation, and the model_degraded / drift alerts."""
@@ -595,12 +612,8 @@ def accuracy_page(source: data.Source, keyword: str, conf: dict) -> None:
         versions["evaluation"] = [expected(v) for v in versions["model_version"]]
         cols = st.columns(max(len(versions), 1))
         for col, (_, row) in zip(cols, versions.iterrows()):
-            f1 = "n/a" if pd.isna(row["macro_f1"]) else f"{row['macro_f1']:.3f}"
-            delta = None if pd.isna(row["macro_f1"]) or pd.isna(row["evaluation"]) else \
-                f"{row['macro_f1'] - row['evaluation']:+.3f} vs evaluation"
-            col.metric(f"Macro-F1 {md(row['model_version'])}", f1, delta,
-                       help=f"over {int(row['labels'])} labels ({int(row['contested'])} contested posts left out); "
-                            f"evaluation: {md(where)}")
+            value, delta, help_text = _accuracy_headline(row, where)
+            col.metric(f"Macro-F1 {md(row['model_version'])}", value, delta, help=help_text)
         st.subheader("Per model version")
         st.caption(f"labels: resolved labels behind each figure. evaluation: the model's own macro-F1 on the "
                    f"reserved tweets ({md(where)}); blank where unknown.")

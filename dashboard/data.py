@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from connectors.monitoring.accuracy_watch import DEFAULT_MIN_LABELS
 from connectors.query import sqlfiles
 from pipelines.options import output_kind
 
@@ -657,6 +658,10 @@ FROM ${dataset}.alerts_unique
 WHERE kind IN (SELECT k FROM UNNEST(@kinds) AS k)
 ORDER BY window_start DESC, keyword, kind
 """
+
+# Below this many resolved labels a figure is too rough to compare with the evaluation: the
+# accuracy watch's own minimum (`pulse accuracy --min-labels`, default), not a second number.
+MIN_LABELS = DEFAULT_MIN_LABELS
 
 QUALITY_KINDS = ("model_degraded", "oov_drift", "confidence_drift", "class_mix_drift")
 

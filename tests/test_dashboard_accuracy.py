@@ -99,3 +99,21 @@ def test_no_labels_is_one_line_on_the_page(monkeypatch, tmp_path):
     no_traceback(at)
     assert any("No resolved labels" in c.value for c in at.caption)
     assert any("No model_degraded or drift alerts" in c.value for c in at.caption)
+
+
+def test_a_figure_from_too_few_labels_says_so_without_a_delta(monkeypatch, tmp_path):
+    """3 resolved labels, all wrong: the headline says too few labels (the accuracy watch's minimum,
+    one constant) instead of a red delta against the evaluation; the table keeps the figure."""
+    from dashboard import data
+
+    assert data.MIN_LABELS == aw.DEFAULT_MIN_LABELS > 3
+    out = str(tmp_path / "out")
+    write_labels(out, labelled_posts(0, 3, version=BUNDLED.version))
+    at = app(monkeypatch, out, page="Accuracy")
+    no_traceback(at)
+    [headline] = at.metric
+    assert headline.label == f"Macro-F1 {md(BUNDLED.version)}"
+    assert headline.value == f"too few labels (3 of {aw.DEFAULT_MIN_LABELS} needed)"
+    assert not headline.proto.delta
+    assert "not compared with the evaluation" in headline.proto.help
+    assert at.dataframe[0].value["labels"].tolist() == [3]
