@@ -79,7 +79,7 @@ browser:
 	  "the dashboard's browser test will skip"; fi
 
 # The screenshots in docs/ (dashboard-overview, -alerts, -compare, -review .png): the browser test
-# run on the sample output, saving its screenshots there.
+# run on the sample output, saving its screenshots there, each once its charts and tables are drawn.
 screenshots: $(DATA)/.stamp browser
 	PULSE_SCREENSHOT_DIR=docs $(VENV)/bin/pytest tests/test_dashboard_browser.py -q \
 	  -k test_the_page_shows_the_tables_figures_and_labels_go_to_the_labels_table

@@ -134,6 +134,30 @@ def axis_labels(driver) -> list[str]:
         By.CSS_SELECTOR, '[data-testid="stVegaLiteChart"] svg g.role-axis-label text') if t.text.strip()]
 
 
+# What the page has drawn: its charts (Vega draws axis labels once a chart is rendered), its
+# dataframes (a canvas each), elements still stale, and whether the script is running.
+DRAWN = """
+const charts = [...document.querySelectorAll('[data-testid="stVegaLiteChart"]')];
+const frames = [...document.querySelectorAll('[data-testid="stDataFrame"]')];
+return {charts: charts.length,
+        charts_drawn: charts.filter(c => c.querySelector('.role-axis-label text, canvas')).length,
+        frames: frames.length, frames_drawn: frames.filter(f => f.querySelector('canvas')).length,
+        stale: document.querySelectorAll('[data-stale="true"]').length,
+        running: document.querySelector('[data-testid="stStatusWidget"]') !== null};
+"""
+
+
+def settled(driver, charts: int = 0, timeout=90) -> dict:
+    """Wait until the script has finished and every chart (at least `charts`) and dataframe of the
+    page is drawn, nothing stale: then a screenshot shows the page as a reader sees it."""
+    def done(d):
+        state = d.execute_script(DRAWN)
+        ok = (not state["running"] and state["stale"] == 0 and state["charts"] >= charts
+              and state["charts_drawn"] == state["charts"] and state["frames_drawn"] == state["frames"])
+        return state if ok else None
+    return wait_for(driver, done, timeout)
+
+
 def wait_for(driver, condition, timeout=60):
     return WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda d: condition(d))
 
@@ -175,6 +199,7 @@ def test_the_page_shows_the_tables_figures_and_labels_go_to_the_labels_table(das
     for tick in ticks:  # a 12-hour clock would put the sample's afternoon at 02:40
         at = dt.datetime.strptime(f"{first:%Y} {tick}", "%Y %b %d %H:%M").replace(tzinfo=dt.timezone.utc)
         assert first - dt.timedelta(hours=1) <= at <= last + dt.timedelta(hours=1), (tick, first, last)
+    settled(browser, charts=2)
     browser.save_screenshot(os.path.join(screenshot_dir(tmp_path), "dashboard-overview.png"))
 
     # Alerts: incidents first; the first opens onto its alerts, drivers, example and sample posts.
@@ -187,12 +212,14 @@ def test_the_page_shows_the_tables_figures_and_labels_go_to_the_labels_table(das
     wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, '[data-testid="stExpander"] '
                                                                      '[data-testid="stDataFrame"]')) >= 4)
     assert "Drivers: terms that set" in browser.find_element(By.TAG_NAME, "body").text
+    settled(browser)
     browser.save_screenshot(os.path.join(screenshot_dir(tmp_path), "dashboard-alerts.png"))
 
     # Compare: the ranking of brands now against the period before.
     browser.get(url + "/?page=Compare")
     wait_for(browser, lambda d: "Ranking now" in d.find_element(By.TAG_NAME, "body").text
              and d.find_elements(By.CSS_SELECTOR, '[data-testid="stDataFrame"]'))
+    assert settled(browser, charts=3)["charts"] == 3  # net sentiment, negative share, share of voice
     browser.save_screenshot(os.path.join(screenshot_dir(tmp_path), "dashboard-compare.png"))
     print(f"first page rendered in {first_render_s:.1f} s")
 
@@ -223,6 +250,7 @@ def test_the_page_shows_the_tables_figures_and_labels_go_to_the_labels_table(das
             except TimeoutException:
                 if attempt == 2:
                     raise
+    settled(browser)
     browser.save_screenshot(os.path.join(screenshot_dir(tmp_path), "dashboard-review.png"))
     rows = sql(out, f"SELECT post_id, label, model_label IS NOT NULL FROM labels_latest WHERE reviewer = '{REVIEWER}' "
                     "ORDER BY labelled_at")
