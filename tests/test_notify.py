@@ -20,6 +20,8 @@ from aiosmtpd.controller import Controller
 
 from connectors.monitoring import notify
 from connectors.feeds.rate_limit import FakeClock
+from tests.fixtures.bigquery import PROJECT
+from tests.test_bigquery import bq_dataset_with_rows  # noqa: F401  (module fixture: test_sql's rows)
 from tests.test_sql import ALERTS, write_table
 
 pytestmark = pytest.mark.integration
@@ -238,6 +240,34 @@ def test_incidents_are_one_message_each(setup, hooks, inbox, capsys, tmp_path):
     hook = [b for p, b in hooks.received if p == "/hook"]
     assert [b["alert"]["incident_id"] for b in hook] == ["acme/1714557600", "acme/1714561500"]
     assert hook[0]["summary"].startswith("sentiment-pulse incident: acme negative_surge from 2024-05-01 10:00 UTC")
+
+
+def test_the_bigquery_alerts_table_is_delivered_once_like_the_parquet_one(setup, bq_emulator,  # noqa: F811
+                                                                          bq_dataset_with_rows, hooks, inbox,
+                                                                          capsys, monkeypatch):
+    """--output PROJECT:DATASET reads alerts_unique (and incidents) on BigQuery (the emulator,
+    holding the same rows as the Parquet output); the delivery log knows each alert by the same
+    id from either table, so neither sends one twice."""
+    out, config, log = setup
+    monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", bq_emulator.split("//", 1)[1])
+    dataset = f"{PROJECT}:{bq_dataset_with_rows}"
+    status, printed, err = run(["--config", config, "--output", dataset, "--log", log], capsys)
+    assert status == 0, err
+    hook = [b for p, b in hooks.received if p == "/hook"]
+    assert len(hook) == len(inbox.messages) == 2 and printed.count("delivered") == 6
+    assert hook[1]["alert"]["kind"] == "volume_spike" and hook[1]["alert"]["window_start"] == "2024-05-01T11:05:00+00:00"
+    assert hook[0]["summary"].startswith("sentiment-pulse alert: acme negative_surge in the window from 2024-05-01 "
+                                         "10:00 UTC")
+    for source in (out, dataset):  # the Parquet table of the same alerts, then BigQuery again: all in the log
+        status, printed, _ = run(["--config", config, "--output", source, "--log", log], capsys)
+        assert (status, printed) == (0, "")
+    assert len(hooks.received) == 4 and len(notify.DeliveryLog(log).records()) == 6
+    status, _, err = run(["--config", config, "--output", dataset, "--log", log, "--incidents"], capsys)
+    assert status == 0, err
+    assert [b["alert"]["incident_id"] for p, b in hooks.received[4:] if p == "/hook"] == ["acme/1714557600",
+                                                                                          "acme/1714561500"]
+    status, _, err = run(["--config", config, "--output", f"{PROJECT}:no_such_dataset", "--log", log], capsys)
+    assert status == 2 and err.count("\n") == 1 and err.startswith("pulse notify: error: "), err
 
 
 # ---- one surge of a running job, exactly once -------------------------------------------

@@ -5,9 +5,12 @@
     pulse notify --config notify.toml --subscription projects/P/subscriptions/S   # the alerts topic
     pulse notify --config notify.toml --output out --incidents          # one message per incident
 
-Where alerts come from: the alerts table of a Parquet output (view alerts_unique, or view
-incidents with --incidents), or a subscription to the job's --alerts_topic (the messages
+Where alerts come from: the alerts table of the job's output, a Parquet directory or a
+BigQuery PROJECT:DATASET (view alerts_unique, or view incidents with --incidents; the same SQL
+on both), or a subscription to the job's --alerts_topic (the messages
 connectors/pubsub.PublishAlerts sends; acknowledged once handled).
+
+    pulse notify --config notify.toml --output my-proj:pulse --follow 30   # BigQuery's alerts table
 
 Where they go (the config file, TOML): destinations of type `slack` (a Slack-compatible
 incoming webhook: POST {"text": ...}), `webhook` (POST the alert as JSON) or `email` (SMTP),
@@ -39,7 +42,11 @@ At most once per alert (or incident) and destination: the delivery log (--log, a
 holds one file per (alert id, destination), created atomically *before* the message is sent,
 so neither a rerun, a second `pulse notify` nor the same alert arriving from the topic and
 the table sends it twice; a delivery cut short by a crash is not retried (the log says
-`sending`). Secrets (URLs, passwords) are never printed: messages name the destination.
+`sending`). The log is a local directory whatever the source, BigQuery included: the claim
+must be an atomic create-if-absent before the message leaves, which a directory gives (O_EXCL)
+and a BigQuery table does not (no unique key; concurrent DML on one table can abort). Keep it on
+a persistent disk of the machine that runs `pulse notify`, one log per set of destinations.
+Secrets (URLs, passwords) are never printed: messages name the destination.
 """
 from __future__ import annotations
 
@@ -431,20 +438,43 @@ class Notifier:
 # ---- sources ------------------------------------------------------------------------------
 
 ALERTS_SQL = ("SELECT window_start, window_end, keyword, kind, value, baseline, zscore, sample_post_ids, emitted_at "
-              "FROM alerts_unique ORDER BY emitted_at, window_start, keyword, kind")
+              "FROM ${dataset}.alerts_unique ORDER BY emitted_at, window_start, keyword, kind")
 INCIDENTS_SQL = ("SELECT incident_id, keyword, started_at, ended_at, peak_at, peak_kind, peak_zscore AS zscore, kinds, "
-                 "alerts, echoes, status FROM incidents ORDER BY started_at, keyword")
+                 "alerts, echoes, status FROM ${dataset}.incidents ORDER BY started_at, keyword")
 
 
 def table_alerts(output: str, incidents: bool = False) -> list[dict]:
-    """The alerts (or incidents) of a Parquet output, oldest first."""
+    """The alerts (or incidents) of an output, oldest first: a Parquet directory (DuckDB) or a
+    BigQuery PROJECT:DATASET, through the same views and the same SQL (connectors/query/sqlfiles)."""
+    from connectors.monitoring.accuracy_watch import is_bigquery
+    from connectors.query import sqlfiles
+
+    text = INCIDENTS_SQL if incidents else ALERTS_SQL
+    if is_bigquery(output):
+        return _bigquery_alerts(output, sqlfiles.render(text, "bigquery", output))
     from connectors.query import duckdb_sql
 
     try:
-        columns, rows = duckdb_sql.query(output, INCIDENTS_SQL if incidents else ALERTS_SQL)
+        columns, rows = duckdb_sql.query(output, sqlfiles.render(text, "duckdb"))
     except duckdb_sql.OutputNotFound as e:
         raise NotifyError(str(e)) from None
     return [dict(zip(columns, row)) for row in rows]
+
+
+def _bigquery_alerts(output: str, sql: str) -> list[dict]:
+    """Rows of a query on BigQuery (the emulator where BIGQUERY_EMULATOR_HOST is set); a missing
+    dataset or a refused query is a NotifyError (one sentence)."""
+    from google.api_core import exceptions as gexc
+
+    from connectors.sinks.bigquery import bigquery_client, split_dataset
+
+    project, _ = split_dataset(output)
+    try:
+        return [dict(row.items()) for row in bigquery_client(project).query(sql).result()]
+    except gexc.NotFound:
+        raise NotifyError(f"BigQuery dataset {output} has no alerts views (create them with make bq-tables)") from None
+    except gexc.GoogleAPICallError as e:
+        raise NotifyError(f"cannot read the alerts of {output}: {getattr(e, 'message', e)}") from None
 
 
 def pull_alerts(subscription: str, max_messages: int = 100, timeout_s: float = 10.0):
@@ -484,7 +514,8 @@ def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pulse notify", description="Deliver alerts or incidents to webhooks and e-mail.")
     p.add_argument("--config", required=True, help="the TOML file of destinations and rules")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--output", help="a Parquet output directory: its alerts table")
+    source.add_argument("--output", help="the job's output: a Parquet directory or a BigQuery PROJECT:DATASET "
+                                         "(its alerts table)")
     source.add_argument("--subscription", help="projects/P/subscriptions/S on the job's --alerts_topic")
     p.add_argument("--incidents", action="store_true", help="one message per incident instead of per alert "
                                                             "(--output only)")
