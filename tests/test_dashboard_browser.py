@@ -134,11 +134,15 @@ def axis_labels(driver) -> list[str]:
         By.CSS_SELECTOR, '[data-testid="stVegaLiteChart"] svg g.role-axis-label text') if t.text.strip()]
 
 
-# What the page has drawn: its charts (Vega draws axis labels once a chart is rendered), its
-# dataframes (a canvas each), elements still stale, and whether the script is running.
+# What the page has drawn: its charts (Vega draws axis labels once a chart is rendered, also
+# below the fold), its dataframes in the window (a canvas each; one below the fold is drawn only
+# when scrolled to, and a screenshot takes the window), elements still stale, and whether the
+# script is running.
 DRAWN = """
+const shown = e => { const r = e.getBoundingClientRect();
+                     return r.width > 0 && r.height > 0 && r.bottom > 0 && r.top < window.innerHeight; };
 const charts = [...document.querySelectorAll('[data-testid="stVegaLiteChart"]')];
-const frames = [...document.querySelectorAll('[data-testid="stDataFrame"]')];
+const frames = [...document.querySelectorAll('[data-testid="stDataFrame"]')].filter(shown);
 return {charts: charts.length,
         charts_drawn: charts.filter(c => c.querySelector('.role-axis-label text, canvas')).length,
         frames: frames.length, frames_drawn: frames.filter(f => f.querySelector('canvas')).length,
