@@ -42,7 +42,7 @@ def wait_for_posts(at, expected: int, timeout_s: float = 90) -> list[str]:
         at.run()
         no_traceback(at)
         assert not [w.value for w in at.warning if "skipped" in w.value]  # never a half-written file
-        seen.append(metric_values(at).get("Posts"))
+        seen.append(metric_values(at).get("Posts in windows"))
         CAPTIONS.extend(c.value for c in at.caption)
         if seen[-1] == f"{expected:,}":
             return seen
