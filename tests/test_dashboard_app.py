@@ -11,6 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from connectors.query import duckdb_sql
+from connectors.sources.sample_stream import SURGE_BRAND, THEME_TERMS
 from dashboard import cli, data
 from dashboard.safe_text import md
 
@@ -95,6 +96,19 @@ def test_alerts_list_incidents_each_with_its_alerts_drivers_and_posts(monkeypatc
     assert sorted(samples["post_id"]) == sorted({i for (row,) in ids for i in row})
     assert list(drivers.columns) == ["term", "term_kind", "window_posts", "baseline_posts", "log_odds", "zscore"]
     assert list(drivers["zscore"]) == sorted(drivers["zscore"], reverse=True) and len(drivers) == 10
+
+
+def test_the_sample_surge_drivers_lead_with_its_planted_theme(monkeypatch, dashboard_output):
+    """The sample's complaint surge (connectors/sources/sample_stream.py) is its corpus's negative
+    delay-and-outage tweets: the Alerts page's drivers of that incident rank the theme's words first."""
+    [(started, keyword)] = sql(dashboard_output, "SELECT started_at, keyword FROM incidents "
+                                                 "WHERE keyword = 'acme-air' AND kinds LIKE '%negative_surge%'")
+    assert (started.strftime("%H:%M"), keyword) == ("14:40", SURGE_BRAND)
+    at = app(monkeypatch, dashboard_output, page="Alerts")
+    no_traceback(at)
+    shown = next(e for e in at.expander if e.label.startswith(f"{started:%Y-%m-%d %H:%M}") and md(keyword) in e.label)
+    terms = list(shown.dataframe[1].value["term"])
+    assert terms[0] in THEME_TERMS and {"late", "power"} <= set(terms[:3]), terms
 
 
 def test_posts_of_a_window_are_searchable(monkeypatch, dashboard_output):

@@ -2,12 +2,15 @@
 import datetime as dt
 import json
 
-from connectors.sources.sample_stream import SURGE_BRAND, SURGE_POSTS, build, malformed_messages
+from connectors.sources.sample_stream import (SURGE_BRAND, SURGE_LEN_S, SURGE_START_S, START, build, is_theme_tweet,
+                                             malformed_messages)
 from transforms.parse import ParseError, parse_post
 
 
 def corpus(n=600):
-    return [(str(i), (i % 9) - 4 + 0.1, f"tweet number {i}") for i in range(1, n + 1)]
+    """(id, rating, text): every tenth tweet is on the surge's theme (27 of them negative)."""
+    return [(str(i), (i % 9) - 4 + 0.1, f"tweet number {i}" + (" running LATE again" if i % 10 == 0 else ""))
+            for i in range(1, n + 1)]
 
 
 def test_sample_has_posts_duplicates_late_and_malformed_lines():
@@ -37,6 +40,16 @@ def test_sample_has_posts_duplicates_late_and_malformed_lines():
             very_late += behind >= 1100
         newest = post.created_at if newest is None else max(newest, post.created_at)
     assert late >= 6 and very_late == 2, (late, very_late)
-    surge = [p for p in posts if p.keyword == SURGE_BRAND and "14:4" in p.created_at.isoformat()[11:15]]
-    assert len(surge) >= SURGE_POSTS
+    start, end = START + dt.timedelta(seconds=SURGE_START_S), START + dt.timedelta(seconds=SURGE_START_S + SURGE_LEN_S)
+    surge = {p.post_id for p in posts if p.keyword == SURGE_BRAND and start <= p.created_at < end}
+    themed = {f"t{tid}" for tid, rating, text in corpus() if is_theme_tweet(rating, text)}
+    assert len(themed) == 27 and themed <= surge  # every negative theme tweet, in the surge
+    assert {i for i in ids if i.startswith("t")} == {f"t{n}" for n in range(1, 601)}  # each tweet, once or twice
     assert all(json.loads(l)["lang"] == "en" for l in lines[:50] if l.startswith(b'{"id": "t'))
+
+
+def test_the_surge_theme_is_negative_tweets_holding_a_theme_word():
+    assert is_theme_tweet(-1.4, "Damn, running LATE sucks.") and is_theme_tweet(-1.1, "Crazy power outage!")
+    assert not is_theme_tweet(0.5, "Not late at all, lovely")  # not negative
+    assert not is_theme_tweet(-2.0, "latest news: plated and powerless")  # whole words only
+    assert not is_theme_tweet(-2.0, "awful http://late.example/power")  # links left out

@@ -8,9 +8,17 @@ MIT licence, shipped in the vaderSentiment 3.3.2 sdist), so no copy is committed
 - each tweet becomes a Post (`id` "t<n>", `lang` "en", since the corpus is English) for one
   of five made-up brands, with an event time spread over one hour (Poisson arrivals
   with a gentle mid-hour rise, seeded);
-- a complaint surge: for 5 minutes from minute 40, one brand ("acme-air") receives
-  the corpus's most negative tweets at a multiple of its usual rate, so a first run
-  shows a negative_surge alert;
+- a complaint surge with a theme, from real tweets: for 3 minutes from minute 40, one
+  brand ("acme-air") receives every negative tweet of the corpus (mean rating < 0) that
+  holds a delay-or-outage word (THEME_TERMS: "late", "delayed", "power", "outage",
+  "cancelled", ...: 39 tweets such as "Damn, running late sucks." and "Crazy power
+  outage!"), about doubling its usual rate, so a first run shows a negative_surge alert
+  whose drivers (Alerts page, `pulse summary`) are "late", "damn" (the corpus's
+  graded variants of two tweets swear) and "power". The corpus has no larger topic (no
+  airline one: "flight" is in 13 tweets, 2 of them negative), hence everyday delays and
+  outages, packed into 3 minutes (not 5) to keep the windows' negative share high.
+  Every tweet is used once and none is synthetic; the brands are invented and the
+  tweets were not about them;
 - late data: a few posts arrive 2 to 6 minutes after their event time (late panes),
   and two arrive 20 minutes late, beyond the 10-minute allowed lateness (scored and
   stored, in no streaming pane: `late_beyond_lateness`, `sentiment_windows_final`);
@@ -30,12 +38,15 @@ import json
 import math
 import os
 import random
+import re
 import sys
 
 START = dt.datetime(2026, 11, 24, 14, 0, tzinfo=dt.timezone.utc)
 BRANDS = ("acme-air", "nimbus-phone", "brightbank", "zephyr-cola", "orbit-tv")
 SURGE_BRAND = "acme-air"
-SURGE_START_S, SURGE_LEN_S, SURGE_POSTS = 40 * 60, 5 * 60, 90
+SURGE_START_S, SURGE_LEN_S = 40 * 60, 3 * 60
+# The surge's theme: a negative tweet holding one of these words goes to the surge.
+THEME_TERMS = ("late", "delayed", "delay", "power", "outage", "cancelled", "waiting", "hold")
 SEED = 20141
 
 
@@ -43,6 +54,16 @@ def read_tweets(data_dir: str) -> list[tuple[str, float, str]]:
     """(id, mean rating in [-4, 4], text) of the corpus's tweets."""
     from models.data import load_corpus
     return [(ex.id, ex.rating, ex.text) for ex in load_corpus(data_dir, "tweets")]
+
+
+def words_of(text: str) -> set[str]:
+    """The lower-cased words of `text`, links left out (as the post_terms view splits them)."""
+    return set(re.findall(r"[#@]?\w+", re.sub(r"https?://\S+", " ", text).lower()))
+
+
+def is_theme_tweet(rating: float, text: str) -> bool:
+    """Whether a corpus tweet belongs to the complaint surge: negative and on its theme."""
+    return rating < 0 and not words_of(text).isdisjoint(THEME_TERMS)
 
 
 def _iso(t: dt.datetime) -> str:
@@ -86,8 +107,7 @@ def build(tweets: list[tuple[str, float, str]], seed: int = SEED) -> list[bytes]
     """The sample stream's lines, in arrival order."""
     rng = random.Random(seed)
     tweets = sorted(tweets, key=lambda t: int(t[0]) if t[0].isdigit() else t[0])
-    by_rating = sorted(tweets, key=lambda t: t[1])
-    surge_ids = {t[0] for t in by_rating[:SURGE_POSTS]}
+    surge_ids = {tid for tid, rating, text in tweets if is_theme_tweet(rating, text)}
     hour = 3600.0
     posts = []  # (arrival_s, event_s, body)
     others = [t for t in tweets if t[0] not in surge_ids]
