@@ -21,7 +21,7 @@ PRISM := .cache/beam/prism-$(BEAM_VERSION)/prism
 
 help:
 	@echo "make run    - set up .venv, build the sample stream, run the job, print a SQL summary"
-	@echo "make test   - set up if needed and run the whole test suite"
+	@echo "make test   - set up if needed and run the whole test suite (TEST_WORKERS=2 processes)"
 	@echo "make data   - fetch the labelled corpora (vaderSentiment 3.3.2 sdist) and build the sample stream"
 	@echo "make train  - retrain the bundled model into models/bundled/"
 	@echo "make retrain - challenger from corpora + the labels in OUT vs the current model of REGISTRY (promoted if better)"
@@ -84,8 +84,11 @@ screenshots: $(DATA)/.stamp browser
 	PULSE_SCREENSHOT_DIR=docs $(VENV)/bin/pytest tests/test_dashboard_browser.py -q \
 	  -k test_the_page_shows_the_tables_figures_and_labels_go_to_the_labels_table
 
+# Two pytest-xdist workers by default (TEST_WORKERS=0 runs in one process; tests/conftest.py
+# keeps each module, and the modules sharing the sample output, on one worker).
+TEST_WORKERS ?= 2
 test: $(DATA)/.stamp browser prism
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
 
 # The Prism runner binary (see PRISM above). Without Go the Prism tests skip, saying so.
 prism: $(PRISM)
