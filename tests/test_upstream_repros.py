@@ -3,14 +3,16 @@
 Each bug is written up as a Beam issue in docs/upstream/<bug>.md with a standalone
 reproduction, docs/upstream/repro_<bug>.py, that imports only apache_beam (and the standard
 library) and exits 1 with a line starting "BUG:" while the bug is there, 0 once it is fixed.
-Each runs twice, in its own process: on stock Beam (nothing of the project imported), where it
-must still reproduce (when it stops, Beam fixed the bug and the test names the patch to drop),
-and after `install_direct_runner_fixes()` (the engine `pulse run` uses), where it must pass.
-The eight processes run at once; nothing here is timed.
+Each runs twice: on stock Beam (an interpreter where nothing of the project is imported, checked),
+where it must still reproduce (when it stops, Beam fixed the bug and the test
+names the patch to drop), and after `install_direct_runner_fixes()` (the engine `pulse run`
+uses), where it must pass. One interpreter per side runs the four one after the other (Beam
+imported once), the two sides at once; nothing here is timed.
 
     .venv/bin/pytest tests/test_upstream_repros.py -q
 """
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -23,8 +25,28 @@ UPSTREAM = os.path.join(ROOT, "docs", "upstream")
 # Each bug -> the patch module (pipelines/direct_runner/<module>.py) that works around it.
 BUGS = {"metrics_container_per_bundle": "metrics", "late_pane_hold": "triggers",
         "windows_never_expired": "triggers", "keyed_state_leak": "state"}
-PATCHED = ("import runpy, sys; from pipelines.direct_runner import install_direct_runner_fixes; "
-           "install_direct_runner_fixes(); runpy.run_path(sys.argv[1], run_name='__main__')")
+# Runs each reproduction given on the command line in this one interpreter (one import of Beam for
+# all four; each builds and runs its own pipeline), after the patches when the first argument says
+# so, and prints {bug: [exit status, what it printed]} as JSON.
+DRIVER = r"""
+import contextlib, io, json, os, runpy, sys
+mode, paths = sys.argv[1], sys.argv[2:]
+if mode == "patched":
+    from pipelines.direct_runner import install_direct_runner_fixes
+    install_direct_runner_fixes()
+results = {}
+for path in paths:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            runpy.run_path(path, run_name="__main__")
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    results[os.path.basename(path)[len("repro_"):-len(".py")]] = [code, out.getvalue()]
+project = {"pipelines", "connectors", "transforms", "models", "dashboard", "bench", "tests"}
+print(json.dumps({"repros": results, "project_modules": sorted({m.split(".")[0] for m in sys.modules} & project)}))
+"""
 
 
 def repro(bug: str) -> str:
@@ -33,34 +55,45 @@ def repro(bug: str) -> str:
 
 @pytest.fixture(scope="module")
 def runs():
-    """(bug, 'stock' | 'patched') -> the finished process, all eight started together."""
+    """(bug, 'stock' | 'patched') -> (exit status, what it printed, the interpreter's stderr); the two
+    interpreters started together."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
-    started = {}
-    for bug in BUGS:
-        started[bug, "stock"] = subprocess.Popen([sys.executable, repro(bug)], cwd=UPSTREAM, env=env,
-                                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        started[bug, "patched"] = subprocess.Popen([sys.executable, "-c", PATCHED, repro(bug)], cwd=ROOT, env=env,
-                                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stock_env = dict(os.environ)
+    stock_env.pop("PYTHONPATH", None)  # stock Beam: the worktree is not on the path
+    started = {mode: subprocess.Popen([sys.executable, "-c", DRIVER, mode] + [repro(bug) for bug in BUGS],
+                                      cwd=UPSTREAM if mode == "stock" else ROOT,
+                                      env=stock_env if mode == "stock" else env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for mode in ("stock", "patched")}
     finished = {}
-    for run, process in started.items():
+    for mode, process in started.items():
         out, err = process.communicate(timeout=300)
-        finished[run] = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+        assert process.returncode == 0 and out.strip(), (mode, process.returncode, err[-3000:])
+        report = json.loads(out.strip().splitlines()[-1])
+        if mode == "stock":  # nothing of the project was imported: Beam as it ships
+            assert report["project_modules"] == [], report["project_modules"]
+        for bug, (code, printed) in report["repros"].items():
+            finished[bug, mode] = (code, printed, err)
     return finished
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.parametrize("bug", BUGS)
 def test_the_bug_still_reproduces_on_stock_beam(bug, runs):
-    run = runs[bug, "stock"]
-    assert run.returncode != 0 or not run.stdout.startswith("FIXED"), (
+    code, printed, err = runs[bug, "stock"]
+    assert code != 0 or not printed.startswith("FIXED"), (
         f"apache-beam {apache_beam.__version__} fixed {bug} (docs/upstream/{bug}.md): drop its part of "
-        f"pipelines/direct_runner/{BUGS[bug]}.py and this reproduction. It printed: {run.stdout.strip()}")
-    assert run.returncode == 1 and run.stdout.startswith("BUG: "), (run.returncode, run.stdout, run.stderr[-3000:])
+        f"pipelines/direct_runner/{BUGS[bug]}.py and this reproduction. It printed: {printed.strip()}")
+    assert code == 1 and printed.startswith("BUG: "), (code, printed, err[-3000:])
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.parametrize("bug", BUGS)
 def test_the_patched_engine_fixes_it(bug, runs):
-    run = runs[bug, "patched"]
-    assert run.returncode == 0 and run.stdout.startswith("FIXED: "), (run.returncode, run.stdout, run.stderr[-3000:])
+    code, printed, err = runs[bug, "patched"]
+    assert code == 0 and printed.startswith("FIXED: "), (code, printed, err[-3000:])
 
 
 @pytest.mark.parametrize("bug", BUGS)
