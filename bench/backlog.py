@@ -20,12 +20,11 @@ plays_test_stream). Each engine runs the whole job (`python -m pipelines.cli run
 Figures per engine: drain rates, msg/s from the first post's `processed_at` in scored_posts
 to the median post's, the 95th percentile's and the last's (start-up left out; the last post
 includes any tail the engine leaves for the end), and the whole command's wall time (start-up
-included). Both engines must score every post (the row count is checked) and the
-job's own balance line is printed. The job's replay progress (every 10 %) is echoed as it
-comes, and a line of how many posts are in finished files every 20 s. Every post must be in
-scored_posts; a job that exits nonzero because its own balance does not add up (its counters
-against what it stored) is reported with its exit status and balance lines, not hidden, and
-the figures are still printed. Nothing asserts a time; the ratios come from one run on one
+included). Every post must be in scored_posts (checked, else the bench fails); a job that
+exits nonzero because its own balance does not add up (its counters against what it stored)
+is reported with its exit status and balance lines, not hidden, and the figures are still
+printed. The job's replay progress (every 10 %) is echoed as it comes, and every 20 s a line
+says how many posts are in finished files. Interrupting the bench stops the job it runs. Nothing asserts a time; the ratios come from one run on one
 machine.
 
 Not Pub/Sub: the job refuses a Pub/Sub `--input` on Prism (Beam's Python Pub/Sub read runs on
@@ -39,6 +38,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -113,12 +113,17 @@ def drain(runner: str, backlog: str, n: int, workdir: str) -> dict:
         reader = threading.Thread(target=follow, daemon=True)
         reader.start()
         written, beat = ScoredCounter(out), started + HEARTBEAT_S
-        while proc.poll() is None:  # the replay says how much it read; this, how much is written
-            time.sleep(1.0)
-            if time.monotonic() >= beat:
-                beat += HEARTBEAT_S
-                log(f"{runner}: {written.update()[0]}/{n} posts in finished scored_posts files, "
-                    f"{time.monotonic() - started:.0f} s")
+        try:
+            while proc.poll() is None:  # the replay says how much it read; this, how much is written
+                time.sleep(1.0)
+                if time.monotonic() >= beat:
+                    beat += HEARTBEAT_S
+                    log(f"{runner}: {written.update()[0]}/{n} posts in finished scored_posts files, "
+                        f"{time.monotonic() - started:.0f} s")
+        except BaseException:  # Ctrl-C or an error here: the job (its own session) goes too
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
         reader.join()
     wall = time.monotonic() - started
     if not os.path.isdir(os.path.join(out, "scored_posts")):
@@ -222,4 +227,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("bench.backlog: interrupted (the job it was running is stopped)", file=sys.stderr)
+        sys.exit(130)
