@@ -20,7 +20,7 @@ from connectors.sinks import bigquery as cb
 from connectors.query import duckdb_sql, sqlfiles
 from models.contracts import JOB_TABLES, PARTITION_COLUMN, TABLES
 from tests.fixtures.bigquery import PROJECT
-from tests.test_sql import ALERTS, DEAD, POSTS, WINDOWS, ts, write_table
+from tests.test_sql import ALERTS, DEAD, PANE_ORDER_LATEST, PANE_ORDER_ROWS, POSTS, WINDOWS, ts, write_table
 
 UTC = dt.timezone.utc
 ALERT = dict(ALERTS[0])
@@ -210,6 +210,19 @@ def test_every_query_gives_the_same_answer_on_bigquery_and_duckdb(name, bq_emula
     _, on_duckdb = duckdb_sql.run_query(str(tmp_path), name, values)
     assert on_duckdb, f"{name}: the data should give rows"
     assert on_bigquery == on_duckdb
+
+
+@pytest.mark.integration
+def test_sentiment_windows_latest_orders_panes_by_index_within_a_run_on_bigquery(bq_emulator, bq_client):
+    """The panes of tests/test_sql.py whose emitted_at ties with or contradicts pane_index, and reruns:
+    the same latest pane on BigQuery as on DuckDB."""
+    dataset = f"panes_{uuid.uuid4().hex[:8]}"
+    cb.ensure_tables(f"{PROJECT}:{dataset}", endpoint=bq_emulator)
+    errors = bq_client.insert_rows_json(f"{PROJECT}.{dataset}.sentiment_windows",
+                                        [cb.to_bq_row("sentiment_windows", r, "STREAMING_INSERTS") for r in PANE_ORDER_ROWS])
+    assert not errors, errors
+    rows = bq_client.query(f"SELECT keyword, pane_index, posts, emitted_at FROM `{PROJECT}.{dataset}.sentiment_windows_latest`")
+    assert {r["keyword"]: (r["pane_index"], r["posts"], r["emitted_at"]) for r in rows.result()} == PANE_ORDER_LATEST
 
 
 @pytest.fixture(scope="module")
