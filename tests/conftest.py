@@ -13,6 +13,7 @@ pytest_plugins = [
     "tests.fixtures.bert",
     "tests.fixtures.x_api_server",
     "tests.fixtures.bigquery",
+    "tests.fixtures.gcs",
     "tests.fixtures.dashboard",
     "tests.fixtures.engines",
 ]
