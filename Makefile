@@ -21,11 +21,11 @@ PRISM := .cache/beam/prism-$(BEAM_VERSION)/prism
 
 help:
 	@echo "make run    - set up .venv, build the sample stream, run the job, print a SQL summary"
-	@echo "make test   - set up if needed and run the whole test suite"
+	@echo "make test   - set up if needed and run the whole test suite (TEST_WORKERS=2 processes)"
 	@echo "make data   - fetch the labelled corpora (vaderSentiment 3.3.2 sdist) and build the sample stream"
 	@echo "make train  - retrain the bundled model into models/bundled/"
 	@echo "make retrain - challenger from corpora + the labels in OUT vs the current model of REGISTRY (promoted if better)"
-	@echo "make bench  - benchmarks (bench/README.md): serving, then live through the Pub/Sub emulator"
+	@echo "make bench  - benchmarks (bench/README.md): serving, live through the Pub/Sub emulator, a backlog on two engines"
 	@echo "make bench-live - the live benchmark only (BENCH_MINUTES=10 for the soak, BENCH_RATES=100,500,1000)"
 	@echo "make dashboard - the dashboard and review desk over the last run (http://127.0.0.1:8501)"
 	@echo "make screenshots - the dashboard screenshots in docs/, taken in headless Chromium on the sample output"
@@ -84,8 +84,11 @@ screenshots: $(DATA)/.stamp browser
 	PULSE_SCREENSHOT_DIR=docs $(VENV)/bin/pytest tests/test_dashboard_browser.py -q \
 	  -k test_the_page_shows_the_tables_figures_and_labels_go_to_the_labels_table
 
+# Two pytest-xdist workers by default (TEST_WORKERS=0 runs in one process; tests/conftest.py
+# keeps each module, and the modules sharing the sample output, on one worker).
+TEST_WORKERS ?= 2
 test: $(DATA)/.stamp browser prism
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
 
 # The Prism runner binary (see PRISM above). Without Go the Prism tests skip, saying so.
 prism: $(PRISM)
@@ -104,11 +107,14 @@ $(PRISM): deploy/engines.sum
 # The live benchmark publishes for BENCH_MINUTES per rate (10 for the soak: make bench BENCH_MINUTES=10).
 BENCH_MINUTES ?= 1
 BENCH_RATES ?= 100,500,1000
+# The backlog drained on the DirectRunner and on Prism (bench/backlog.py).
+BENCH_BACKLOG ?= 30000
 
-bench: $(DATA)/.stamp
+bench: $(DATA)/.stamp prism
 	$(PY) -m bench.run_all --data $(DATA)
 	$(PY) -m bench.live --rates $(BENCH_RATES) --minutes $(BENCH_MINUTES)
 	$(PY) -m bench.registry_soak --data $(DATA) --minutes 5
+	$(PY) -m bench.backlog --messages $(BENCH_BACKLOG)
 
 bench-live: $(VENV)/.stamp
 	$(PY) -m bench.live --rates $(BENCH_RATES) --minutes $(BENCH_MINUTES)

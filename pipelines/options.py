@@ -85,6 +85,15 @@ def window_spec(o: SentimentOptions) -> WindowSpec:
                       allowed_lateness_s=o.allowed_lateness, early_firing_s=o.early_firing or None)
 
 
+def view_settings(o: SentimentOptions):
+    """The job's settings the SQL views are computed with (connectors/query/sqlfiles.ViewSettings):
+    create the views of the job's output with these (`ensure_tables(..., settings=...)` on
+    BigQuery, `pulse sql --window_size ...` on DuckDB). --allowed_lateness is not among them:
+    the views read each post's `beyond_lateness`, which the job decides."""
+    from connectors.query.sqlfiles import ViewSettings
+    return ViewSettings(o.window_size, o.window_period, o.review_threshold)
+
+
 def alert_spec(o: SentimentOptions) -> AlertSpec:
     return AlertSpec(baseline_windows=o.alert_baseline_windows,
                      min_baseline_windows=min(5, o.alert_baseline_windows),

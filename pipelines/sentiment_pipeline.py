@@ -244,10 +244,14 @@ def attempted_only(result) -> bool:
 def accounting(c: dict[str, int], attempted: bool = False) -> tuple[bool, str]:
     """Does every message read end scored, as a duplicate, or as a dead letter, and is it stored?
 
-    The steps count what they emit; the Parquet writer counts the rows it wrote
-    (`rows_written_<table>`, incremented only after a file is in place). A message lost
-    between a step and a file makes the two disagree, so it cannot read as balanced.
-    Without sink counts (BigQuery) the line says that it checks the steps only.
+    The steps count what they emit; the sinks count the rows they wrote (`rows_written_<table>`:
+    the Parquet writer once a file is in place, the BigQuery sink the rows BigQuery accepted).
+    A message lost between a step and a table makes the two disagree, so it cannot read as
+    balanced. A row the sink could not put in its table and stored as a dead letter instead
+    (`rows_refused_<table>`: BigQuery refused it, or it broke its contract) is still stored:
+    a refused scored post counts among the dead letters, and so does a refused window, alert
+    or review row, which is no message. Without sink counts the line says that it checks the
+    steps only.
 
     `attempted`: the counts are attempted ones (see `attempted_only`); a runner's retry
     inflates one step's count and not the others', so no balance is claimed either way, and
@@ -263,14 +267,20 @@ def accounting(c: dict[str, int], attempted: bool = False) -> tuple[bool, str]:
     if "rows_written_scored_posts" in c or "rows_written_dead_letters" in c:
         stored_scored = c.get("rows_written_scored_posts", 0)
         stored_dead = c.get("rows_written_dead_letters", 0)
+        refused_scored = c.get("rows_refused_scored_posts", 0)
+        refused = sum(v for k, v in c.items() if k.startswith("rows_refused_") and k != "rows_refused_dead_letters")
         line += f"; stored {stored_scored} scored posts + {stored_dead} dead letters"
+        if refused:
+            line += (f" ({refused} rows the sink refused, stored as dead letters: "
+                     f"{refused_scored} of them scored posts)")
+        want_scored, want_dead = scored - refused_scored, dead + refused
         missing = []
-        if stored_scored != scored:
-            missing.append(f"{scored - stored_scored} scored posts not stored" if stored_scored < scored
-                           else f"{stored_scored - scored} scored rows stored more than once")
-        if stored_dead != dead:
-            missing.append(f"{dead - stored_dead} dead letters not stored" if stored_dead < dead
-                           else f"{stored_dead - dead} dead letters stored more than once")
+        if stored_scored != want_scored:
+            missing.append(f"{want_scored - stored_scored} scored posts not stored" if stored_scored < want_scored
+                           else f"{stored_scored - want_scored} scored rows stored more than once")
+        if stored_dead != want_dead:
+            missing.append(f"{want_dead - stored_dead} dead letters not stored" if stored_dead < want_dead
+                           else f"{stored_dead - want_dead} dead letters stored more than once")
         if not ok:
             missing.insert(0, f"{read - scored - dups - dead} messages read but in no step's output")
         ok = ok and not missing

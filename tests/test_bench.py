@@ -53,3 +53,48 @@ def test_bench_missing_data_is_one_line_error(tmp_path):
     assert run.returncode != 0
     assert "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+# bench/backlog.py: its arguments, its backlog file and its figures (the drains themselves run in `make bench`).
+
+def test_backlog_arguments_are_checked_in_one_line(capsys):
+    from bench import backlog
+
+    args = backlog.parse_args([])
+    assert (args.messages, args.runners, args.chosen) == (30000, ["direct", "prism"], False)
+    assert backlog.parse_args(["--runners", "prism"]).runners == ["prism"]
+    for argv, message in ((["--messages", "99"], "--messages must be at least 100"),
+                          (["--span-minutes", "0"], "--span-minutes must be positive"),
+                          (["--runners", "direct,flink"], "--runners: flink: choose from direct, prism"),
+                          (["--runners", ","], "--runners: none given: choose from direct, prism")):
+        with pytest.raises(SystemExit) as e:
+            backlog.parse_args(argv)
+        assert e.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)
+
+
+def test_backlog_without_prism_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    from bench import backlog
+
+    monkeypatch.setattr(backlog, "ROOT", str(tmp_path))  # a checkout where `make prism` has not run
+    assert backlog.main(["--runners", "prism", "--messages", "100"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("bench.backlog: error: Beam's Prism runner is not built")
+
+
+def test_backlog_file_and_drain_figures(tmp_path):
+    import json
+
+    from bench import backlog
+    from models.contracts import parse_rfc3339
+
+    path = tmp_path / "backlog.jsonl"
+    backlog.write_backlog(str(path), 600, span_minutes=10)
+    posts = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(posts) == 600 and len({p["id"] for p in posts}) == 600
+    times = [parse_rfc3339(p["created_at"]).timestamp() for p in posts]
+    assert times == sorted(times)
+    assert times[0] == backlog.T0.timestamp() and times[-1] - times[0] == pytest.approx(599.0)
+    figures = backlog.drain_figures([0.0, 1, 2, 3, 4, 5, 6, 7, 8, 100])
+    assert (figures["p50"], figures["p95"], figures["all"]) == (4, 100, 100)
+    assert (figures["p50_rate"], figures["all_rate"]) == (1.0, 0.09)

@@ -90,11 +90,16 @@ def test_a_reader_never_sees_half_a_snapshot(tmp_path):
     run = "run-1"
     job_metrics.write_snapshot(out, run, T0, {"read": 0}, "RUNNING", None)
     done = threading.Event()
+    a_read_ended = threading.Event()  # the reader sets it after each read
     errors = []
 
     def launcher():
         try:
             for i in range(1, 301):
+                if i % 30 == 0:  # let at least one read end between these writes: reads interleave with them
+                    a_read_ended.clear()
+                    if not a_read_ended.wait(timeout=120):
+                        raise TimeoutError("the reader made no progress in 120 s")
                 counters = {"read": 3 * i, "scored": i, "duplicates": i, "dead_letter_parse": i,
                             # a big, varying column: files of different sizes
                             "rows_written_scored_posts": i, "rows_written_dead_letters": i}
@@ -117,9 +122,11 @@ def test_a_reader_never_sees_half_a_snapshot(tmp_path):
         seen.append(rows[0][0])
         assert pq.read_metadata(path).num_rows == 1
         reads += 1
+        a_read_ended.set()
     writer.join()
     assert not errors, errors
-    assert seen == sorted(seen) and seen[-1] == 900 and reads > 5
+    # 10 reads ended while the launcher was writing (it waited for them), one more after it finished
+    assert seen == sorted(seen) and seen[-1] == 900 and reads >= 11
     assert [f for f in os.listdir(os.path.join(out, "job_metrics")) if f.startswith(".tmp")] == []
 
 

@@ -10,6 +10,9 @@ import datetime as dt
 import io
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from email import message_from_bytes
@@ -298,24 +301,31 @@ def test_a_running_jobs_surge_is_delivered_exactly_once(pubsub_emulator, pubsub_
     job = BackgroundJob(["--input", subscription, "--output", out, "--model", str(tiny_bundled_model),
                          "--window_size", str(WINDOW_S), "--early_firing", "2", "--alerts_topic", alerts_topic,
                          "--alert_baseline_windows", "6", "--alert_min_posts", "10"]).start()
-    printed = io.StringIO()
-    follower = threading.Thread(target=notify.main, args=(
-        ["--config", str(config), "--subscription", alerts_subscription, "--log", log, "--follow", "1",
-         "--run_for", "150"],), kwargs={"out": printed}, daemon=True)
-    follower.start()
+    # The operator's way: `pulse notify --follow` as its own process, stopped with Ctrl+C.
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "notify", "--config", str(config), "--subscription",
+         alerts_subscription, "--log", log, "--follow", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 150
         while not (len(hooks.received) and len(inbox.messages)) and time.monotonic() < deadline:
             assert not job.failed, job.error
+            assert follower.poll() is None, follower.communicate()[0]
             time.sleep(0.5)
     finally:
         job.stop()
-    follower.join(160)
+        follower.send_signal(signal.SIGINT)
+        try:
+            printed, _ = follower.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            follower.kill()
+            printed, _ = follower.communicate()
+    assert follower.returncode == 0, printed
     assert not job.failed, job.error
     assert [b["alert"]["keyword"] for _, b in hooks.received] == ["acme"] and len(inbox.messages) == 1
     spike = hooks.received[0][1]["alert"]
     assert spike["kind"] == "volume_spike" and dt.datetime.fromisoformat(spike["window_start"]).timestamp() == burst_start
-    assert "delivered acme|" in printed.getvalue()
+    assert "delivered acme|" in printed and SECRET not in printed
     # The table holds the same alert: notify over it sends nothing more.
     status = notify.main(["--config", str(config), "--output", out, "--log", log], out=io.StringIO())
     assert status == 0 and len(hooks.received) == 1 and len(inbox.messages) == 1

@@ -208,6 +208,42 @@ def test_sentiment_windows_latest_keeps_last_pane(output_dir):
                         (ts(10, 0), "globex", "*", 0, "ON_TIME", 1), (ts(10, 0), "globex", "en", 0, "ON_TIME", 1)]
 
 
+def _pane(keyword, pane_index, posts, emitted_at, timing="EARLY"):
+    base = latest_panes(POSTS)[0]
+    return dict(base, keyword=keyword, lang="en", pane_index=pane_index, pane_timing=timing, posts=posts,
+                positive=posts, neutral=0, negative=0, emitted_at=emitted_at)
+
+
+# Panes of one window whose emitted_at ties with or contradicts their pane_index (a worker's clock,
+# panes built in different bundles), and reruns (--append: numbering restarts at 0), one keyword
+# per case -> the pane sentiment_windows_latest must give: (pane_index, posts, emitted_at).
+PANE_ORDER_CASES = {
+    "tie": ([_pane("tie", 0, 1, ts(10, 1)), _pane("tie", 1, 3, ts(10, 1), "ON_TIME")],
+            (1, 3, ts(10, 1))),
+    "disorder": ([_pane("disorder", 0, 1, ts(10, 1, 9)), _pane("disorder", 1, 2, ts(10, 1, 5)),
+                  _pane("disorder", 2, 3, ts(10, 1, 7), "ON_TIME")],
+                 (2, 3, ts(10, 1, 7))),
+    "before-pane-0": ([_pane("before-pane-0", 1, 3, ts(10, 0, 58), "ON_TIME"), _pane("before-pane-0", 0, 1, ts(10, 1))],
+                      (1, 3, ts(10, 0, 58))),
+    "rerun": ([_pane("rerun", 0, 1, ts(10, 1)), _pane("rerun", 1, 3, ts(10, 1, 5), "ON_TIME"),
+               _pane("rerun", 0, 2, ts(13, 1)), _pane("rerun", 2, 4, ts(13, 1, 1), "LATE"),
+               _pane("rerun", 1, 3, ts(13, 1, 3), "ON_TIME")],
+              (2, 4, ts(13, 1, 1))),
+    "rerun-fewer-panes": ([_pane("rerun-fewer-panes", 0, 1, ts(10, 1)),
+                           _pane("rerun-fewer-panes", 1, 3, ts(10, 1, 5), "ON_TIME"),
+                           _pane("rerun-fewer-panes", 0, 3, ts(13, 1), "ON_TIME")],
+                          (0, 3, ts(13, 1))),
+}
+PANE_ORDER_ROWS = [row for rows, _ in PANE_ORDER_CASES.values() for row in rows]
+PANE_ORDER_LATEST = {keyword: want for keyword, (_, want) in PANE_ORDER_CASES.items()}
+
+
+def test_sentiment_windows_latest_orders_panes_by_index_within_a_run(tmp_path):
+    write_table(str(tmp_path), "sentiment_windows", PANE_ORDER_ROWS)
+    _, rows = duckdb_sql.query(str(tmp_path), "SELECT keyword, pane_index, posts, emitted_at FROM sentiment_windows_latest")
+    assert {k: (i, n, e) for k, i, n, e in rows} == PANE_ORDER_LATEST
+
+
 def test_negative_share_hourly(output_dir):
     rows = run(output_dir, "negative_share_hourly")
     assert [(r["keyword"], r["hour_start"], r["posts"], r["negative"], r["negative_share"]) for r in rows] == [

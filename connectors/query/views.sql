@@ -39,17 +39,33 @@ QUALIFY ROW_NUMBER() OVER (
   ORDER BY received_at
 ) = 1;
 
--- The latest streaming pane of every (window_start, window_end, keyword, lang) window. Panes
--- accumulate (EARLY ... ON_TIME ... LATE), so the last one emitted holds the window's figures;
--- after a rerun that is the rerun's pane (whose pane_index may be lower: numbering restarts),
--- and pane_index breaks ties between panes emitted at the same instant.
+-- The latest streaming pane of every (window_start, window_end, keyword, lang) window: the last
+-- pane of the last run. Panes accumulate (EARLY ... ON_TIME ... LATE), so within a run the pane
+-- with the highest pane_index holds the window's figures. emitted_at is a worker's clock, so two
+-- panes of one run may share it or even disagree with pane_index (a parallel runner builds them
+-- in different bundles): it only tells runs apart. A rerun (--append) numbers its panes from 0
+-- again; each row belongs to the run of the latest pane 0 emitted at or before it (a pane stamped
+-- before every pane 0 of its window, to the first run), and the last run's highest pane wins.
 CREATE OR REPLACE VIEW ${dataset}.sentiment_windows_latest AS
-SELECT *
-FROM ${dataset}.sentiment_windows
+WITH runs AS (
+  SELECT
+    *,
+    MAX(IF(pane_index = 0, emitted_at, NULL)) OVER (
+      PARTITION BY window_start, window_end, keyword, lang
+      ORDER BY emitted_at, pane_index
+      ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
+    ) AS run_started,
+    MIN(IF(pane_index = 0, emitted_at, NULL)) OVER (
+      PARTITION BY window_start, window_end, keyword, lang
+    ) AS first_run_started
+  FROM ${dataset}.sentiment_windows
+)
+SELECT * EXCEPT (run_started, first_run_started)
+FROM runs
 WHERE TRUE
 QUALIFY ROW_NUMBER() OVER (
   PARTITION BY window_start, window_end, keyword, lang
-  ORDER BY emitted_at DESC, pane_index DESC
+  ORDER BY COALESCE(run_started, first_run_started) DESC, pane_index DESC, emitted_at DESC
 ) = 1;
 
 -- One row per alert (window_start, keyword, kind): the first emitted, which is when an analyst

@@ -12,6 +12,15 @@ and the reason (BigQuery's own message for refusals), counted by the Beam counte
 `bigquery_invalid_rows` / `bigquery_refused_rows`. FILE_LOADS reports no per-row
 failures (a load job fails as a whole), so with it only the Python check applies.
 
+What it wrote, for the job's balance (pipelines/sentiment_pipeline.py `accounting`), as the
+Parquet sink counts it, in the job's namespace: `rows_written_<table>`, the rows of <table>
+BigQuery accepted, and `rows_refused_<table>`, the rows of <table> that went to dead_letters
+instead (contract break or BigQuery's refusal). Beam's WriteResult reports refusals only
+(`failed_rows_with_errors`; Python's STREAMING_INSERTS has no output of rows inserted), so a
+row is counted written when it is handed to WriteToBigQuery and taken back off when BigQuery
+refuses it: at the end of a job that finished, the count is exactly the rows the table holds;
+while it runs, it may lead the table by the rows of an insert under way.
+
 Methods: STORAGE_WRITE_API (the default, and Dataflow's; a cross-language transform:
 Beam starts a Java expansion service, which needs Java and the Beam GCP expansion
 service jar), STREAMING_INSERTS (pure Python), FILE_LOADS (pure Python, stages files
@@ -28,6 +37,7 @@ and every client used here (Beam's apitools client for tables, google-cloud-bigq
 inserts and queries) talks to it with anonymous credentials.
 
     .venv/bin/python -m connectors.sinks.bigquery create --dataset my-proj:pulse   # tables + views
+    .venv/bin/python -m connectors.sinks.bigquery create --dataset my-proj:pulse --window_size 300  # the job's settings
 """
 from __future__ import annotations
 
@@ -54,6 +64,7 @@ CLUSTER_COLUMN = "keyword"
 WRITE_STAGE = "write"
 DEFAULT_TRIGGERING_FREQUENCY = {"STORAGE_WRITE_API": 5, "FILE_LOADS": 60}
 EMULATOR_ENV = "BIGQUERY_EMULATOR_HOST"
+NAMESPACE = "sentiment_pulse"  # the job's counters (transforms/parse.py NAMESPACE), read by its balance
 _PY_TYPES = {"STRING": str, "INT64": int, "FLOAT64": (int, float), "BOOL": bool, "BYTES": bytes}
 _LOG = logging.getLogger(__name__)
 
@@ -252,9 +263,15 @@ class EmulatorClient:
 
 
 def ensure_tables(dataset: str, project: str | None = None, endpoint: str | None = None,
-                  location: str | None = None, views: bool = True) -> list[str]:
+                  location: str | None = None, views: bool = True,
+                  settings: sqlfiles.ViewSettings | None = None) -> list[str]:
     """Create the dataset, every table of TABLES (schema, partitioning, clustering) and the
-    views of connectors/query/views.sql where missing -> the table ids. Run before the job, not inside it."""
+    views of connectors/query/views.sql where missing -> the table ids. Run before the job, not inside it.
+
+    `settings`: the window size, period and review threshold of the job that writes the
+    dataset (pipelines/options.py `view_settings`), which `sentiment_windows_final` and the
+    incident views are computed with; the job's defaults when None. The views are replaced
+    each time, so running it again with another job's settings re-points them."""
     from google.cloud import bigquery
 
     project, ds_name = split_dataset(dataset, project)
@@ -275,7 +292,7 @@ def ensure_tables(dataset: str, project: str | None = None, endpoint: str | None
         widen_schema(client, client.create_table(t, exists_ok=True), fields)
         created.append(f"{ds_id}.{table}")
     if views:
-        for statement in sqlfiles.view_statements("bigquery", ds_id):
+        for statement in sqlfiles.view_statements("bigquery", ds_id, settings):
             client.query(statement).result()
     return created
 
@@ -310,8 +327,21 @@ def widen_schema(client, table, fields) -> bool:
 # ---- the sink ---------------------------------------------------------------------------
 
 
+def written_counter(table: str):
+    """`rows_written_<table>`: rows of `table` BigQuery accepted (the Parquet sink's name)."""
+    return Metrics.counter(NAMESPACE, f"rows_written_{table}")
+
+
+def refused_counter(table: str):
+    """`rows_refused_<table>`: rows of `table` that went to dead_letters instead of `table`."""
+    return Metrics.counter(NAMESPACE, f"rows_refused_{table}")
+
+
 class PrepareRowsFn(beam.DoFn):
-    """Contract row -> wire row (main output) | dead_letters row (tag "invalid")."""
+    """Contract row -> wire row (main output, counted written) | dead_letters row (tag "invalid").
+
+    An invalid dead_letters row has no table left to go to: it is neither written nor
+    refused into dead_letters (LogRefusedDeadLetterFn logs it), so the balance shows it missing."""
 
     INVALID = "invalid"
 
@@ -319,13 +349,28 @@ class PrepareRowsFn(beam.DoFn):
         self.table = table
         self.method = method
         self.invalid = Metrics.counter("bigquery", "bigquery_invalid_rows")
+        self.written = written_counter(table)
+        self.refused = refused_counter(table)
 
     def process(self, row):
         try:
-            yield to_bq_row(self.table, row, self.method)
+            wire = to_bq_row(self.table, row, self.method)
         except RowError as e:
             self.invalid.inc()
+            if self.table != "dead_letters":
+                self.refused.inc()
             yield beam.pvalue.TaggedOutput(self.INVALID, dead_letter(self.table, row, str(e)))
+            return
+        self.written.inc()  # taken back off if BigQuery refuses it (RefusedToDeadLetterFn)
+        yield wire
+
+
+def _failed_row_and_errors(failed) -> tuple[Any, Any]:
+    """One element of WriteResult.failed_rows_with_errors -> (row, errors)."""
+    if isinstance(failed, Mapping):  # STORAGE_WRITE_API: {"failed_row", "error_message"}
+        return failed.get("failed_row"), failed.get("error_message")
+    _, row, errors = failed  # STREAMING_INSERTS: (destination, row, errors)
+    return row, errors
 
 
 class RefusedToDeadLetterFn(beam.DoFn):
@@ -334,24 +379,32 @@ class RefusedToDeadLetterFn(beam.DoFn):
     def __init__(self, table: str):
         self.table = table
         self.refused = Metrics.counter("bigquery", "bigquery_refused_rows")
+        self.written = written_counter(table)
+        self.refused_rows = refused_counter(table)
 
     def process(self, failed):
         self.refused.inc()
-        if isinstance(failed, Mapping):  # STORAGE_WRITE_API: {"failed_row", "error_message"}
-            row, errors = failed.get("failed_row"), failed.get("error_message")
-        else:  # STREAMING_INSERTS: (destination, row, errors)
-            _, row, errors = failed
+        self.written.dec()
+        self.refused_rows.inc()
+        row, errors = _failed_row_and_errors(failed)
         yield dead_letter(self.table, row, refusal_reason(errors))
 
 
 class LogRefusedDeadLetterFn(beam.DoFn):
-    """A dead letter BigQuery refused has no table left to go to: count it and log it whole."""
+    """A dead letter BigQuery refused has no table left to go to: count it and log it whole.
 
-    def __init__(self):
+    `sent`: it was counted written (BigQuery refused it after PrepareRowsFn let it through),
+    so the count is taken back off; an invalid one never was."""
+
+    def __init__(self, sent: bool = True):
+        self.sent = sent
         self.lost = Metrics.counter("bigquery", "bigquery_refused_dead_letters")
+        self.written = written_counter("dead_letters")
 
     def process(self, failed):
         self.lost.inc()
+        if self.sent:
+            self.written.dec()
         _LOG.error("BigQuery refused a dead letter: %s", json.dumps(failed, default=_json_default)[:4000])
 
 
@@ -423,7 +476,12 @@ class WriteBigQueryTables(beam.PTransform):
             label = _camel(table)
             prepared = tables[table] | f"Prepare{label}" >> beam.ParDo(
                 PrepareRowsFn(table, self.method)).with_outputs(PrepareRowsFn.INVALID, main="rows")
-            result = prepared.rows | f"Write{label}" >> self._write(table)
+            # Into the global window before the write: on the DirectRunner, a row behind the
+            # watermark (a late pane, a late post) that enters WriteToBigQuery in its event-time
+            # window never reaches BigQuery (Beam's ReshufflePerKey inside it drops it, without an
+            # error); the rows carry their windows in their columns, so nothing is lost.
+            rows = prepared.rows | f"{label}RowsToGlobalWindow" >> beam.WindowInto(GlobalWindows())
+            result = rows | f"Write{label}" >> self._write(table)
             write_failures.append(prepared[PrepareRowsFn.INVALID]
                                   | f"Invalid{label}ToGlobalWindow" >> beam.WindowInto(GlobalWindows()))
             refused = self._refused(result, table, label)
@@ -439,7 +497,7 @@ class WriteBigQueryTables(beam.PTransform):
         prepared = all_dead | "PrepareDeadLetters" >> beam.ParDo(
             PrepareRowsFn("dead_letters", self.method)).with_outputs(PrepareRowsFn.INVALID, main="rows")
         # A dead letter that breaks its own contract is a bug upstream: keep it visible.
-        prepared[PrepareRowsFn.INVALID] | "LogInvalidDeadLetters" >> beam.ParDo(LogRefusedDeadLetterFn())
+        prepared[PrepareRowsFn.INVALID] | "LogInvalidDeadLetters" >> beam.ParDo(LogRefusedDeadLetterFn(sent=False))
         result = prepared.rows | "WriteDeadLetters" >> self._write("dead_letters")
         refused = self._refused(result, "dead_letters", "DeadLetters")
         if refused is not None:
@@ -448,17 +506,27 @@ class WriteBigQueryTables(beam.PTransform):
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    """`create --dataset P:D [--endpoint URL] [--location L]`: tables and views before the job."""
+    """`create --dataset P:D [--endpoint URL] [--location L] [--window_size S] [--window_period S]
+    [--review_threshold X]`: tables and views before the job, the views for the job's settings."""
     import argparse
 
+    defaults = sqlfiles.ViewSettings()
     parser = argparse.ArgumentParser(prog="python -m connectors.sinks.bigquery", description=main.__doc__)
     parser.add_argument("command", choices=["create"])
     parser.add_argument("--dataset", required=True, help="PROJECT:DATASET")
     parser.add_argument("--endpoint", help=f"emulator URL (default: ${EMULATOR_ENV})")
     parser.add_argument("--location", help="dataset location, e.g. EU")
+    parser.add_argument("--window_size", type=int, default=defaults.window_size,
+                        help="the job's --window_size (default: %(default)s)")
+    parser.add_argument("--window_period", type=int, default=defaults.window_period,
+                        help="the job's --window_period (sliding windows), if it has one")
+    parser.add_argument("--review_threshold", type=float, default=defaults.review_threshold,
+                        help="the job's --review_threshold (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
-        for table_id in ensure_tables(args.dataset, endpoint=args.endpoint, location=args.location):
+        settings = sqlfiles.ViewSettings(args.window_size, args.window_period, args.review_threshold)
+        for table_id in ensure_tables(args.dataset, endpoint=args.endpoint, location=args.location,
+                                      settings=settings):
             print(table_id)
     except Exception as e:  # a CLI: the cloud client's error, in one line
         print(f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)

@@ -21,6 +21,8 @@ while the bundle runs. Nothing is cached per bundle, so nothing accumulates. Out
 DirectRunner bundle (other runners, other threads) the original lookup is used.
 `live_containers()` counts the MetricsContainers alive in the process, for the test that
 checks the number does not grow with the bundles.
+
+Written up for Beam, with a reproduction on stock Beam: docs/upstream/metrics_container_per_bundle.md.
 """
 from __future__ import annotations
 

@@ -21,6 +21,8 @@ after ten minutes, and throughput fell from 100 to 19 msg/s.
 Applied only when a job runs on the DirectRunner; `keyed_state_counts(result)` reports
 how many keys each stateful step still holds, for the test that checks expired windows
 leave nothing behind.
+
+Written up for Beam, with a reproduction on stock Beam: docs/upstream/keyed_state_leak.md.
 """
 from __future__ import annotations
 

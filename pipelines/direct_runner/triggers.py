@@ -29,11 +29,14 @@ both 500 and 1,000 msg/s, in proportion to the bundles, not the posts) and keeps
 key alive. `install()` sets a watermark timer at each window's end + allowed lateness
 (`EXPIRE_TIMER`) when the window first gets an element, and when it fires drops every
 trace of that window from the key's state, which is what Beam's other runners do at that
-moment; a key left with nothing is then forgotten (direct_runner_state.py).
+moment; a key left with nothing is then forgotten (pipelines/direct_runner/state.py).
 
 Applied only when the job runs on the DirectRunner (Dataflow and Flink run their own
 trigger implementations); on a Beam without `GeneralTriggerDriver._output` it refuses (one line)
 rather than silently doing nothing.
+
+Written up for Beam, each with a reproduction on stock Beam: docs/upstream/late_pane_hold.md (the
+hold) and docs/upstream/windows_never_expired.md (the expiry).
 """
 from __future__ import annotations
 
