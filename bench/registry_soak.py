@@ -88,20 +88,6 @@ def _pulse() -> list[str]:
     return [pulse, "run"] if os.access(pulse, os.X_OK) else [sys.executable, "-m", "pipelines.cli", "run"]
 
 
-def _topic_and_subscription(tag: str) -> tuple[str, str]:
-    from google.cloud import pubsub_v1
-
-    project = "pulse-soak"
-    topic = f"projects/{project}/topics/soak-{tag}"
-    subscription = f"projects/{project}/subscriptions/soak-{tag}"
-    publisher = pubsub_v1.PublisherClient()
-    publisher.create_topic(name=topic)
-    publisher.stop()
-    with pubsub_v1.SubscriberClient() as subscriber:
-        subscriber.create_subscription(name=subscription, topic=topic, ack_deadline_seconds=60)
-    return topic, subscription
-
-
 def _left_unread(subscription: str, idle_s: float = 3.0) -> int:
     from google.cloud import pubsub_v1
 
@@ -155,7 +141,9 @@ def run_soak(model_a: str, model_b: str, workdir: str, duration_s: float, rate: 
     registry.add_version(root, model_variant(model_b, os.path.join(workdir, "b"), names["b"]))
     registry.add_version(root, model_variant(model_a, os.path.join(workdir, "a2"), names["a2"]))
     locations = {v: registry.version_location(root, v) for v in names.values()}
-    topic, subscription = _topic_and_subscription(os.path.basename(workdir.rstrip("/")) + str(os.getpid()))
+    from bench.live import create_topic_and_subscription
+
+    topic, subscription = create_topic_and_subscription("soak-" + os.path.basename(workdir.rstrip("/")))
     out = os.path.join(workdir, "out")
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1",
                PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -59,10 +59,8 @@ def forget_at(timestamp: float, window_s: float, allowed_lateness_s: float, hori
     return end + allowed_lateness_s + horizon_s
 
 
-class _FirstSeen(beam.DoFn):
-    # forget time (epoch seconds) -> b"\x1epair\x1epair...\x1e" (the pairs first seen with that forget time)
-    SEEN = ReadModifyWriteStateSpec("seen", PickleCoder())
-    FORGET = TimerSpec("forget", TimeDomain.WATERMARK)
+class _Dedup(beam.DoFn):
+    """What both ways of keeping first copies share: the forget rule's settings and the counters."""
 
     def __init__(self, window_s: float, allowed_lateness_s: float, horizon_s: float):
         self.window_s = window_s
@@ -71,6 +69,12 @@ class _FirstSeen(beam.DoFn):
         self.duplicates = Metrics.counter(NAMESPACE, "duplicates")
         self.unique = Metrics.counter(NAMESPACE, "unique")
         self.cleared = Metrics.counter(NAMESPACE, "dedup_state_cleared")
+
+
+class _FirstSeen(_Dedup):
+    # forget time (epoch seconds) -> b"\x1epair\x1epair...\x1e" (the pairs first seen with that forget time)
+    SEEN = ReadModifyWriteStateSpec("seen", PickleCoder())
+    FORGET = TimerSpec("forget", TimeDomain.WATERMARK)
 
     def process(self, keyed: tuple[int, Post], timestamp=beam.DoFn.TimestampParam,
                 seen=beam.DoFn.StateParam(SEEN), forget=beam.DoFn.TimerParam(FORGET)):
@@ -101,19 +105,11 @@ class _FirstSeen(beam.DoFn):
             seen.clear()
 
 
-class _FirstSeenPerPair(beam.DoFn):
+class _FirstSeenPerPair(_Dedup):
     """Keyed by the (post id, keyword) pair: whether its first copy was seen, and one timer that
     forgets it at `forget_at`."""
     SEEN = ReadModifyWriteStateSpec("seen", BooleanCoder())
     FORGET = TimerSpec("forget", TimeDomain.WATERMARK)
-
-    def __init__(self, window_s: float, allowed_lateness_s: float, horizon_s: float):
-        self.window_s = window_s
-        self.allowed_lateness_s = allowed_lateness_s
-        self.horizon_s = horizon_s
-        self.duplicates = Metrics.counter(NAMESPACE, "duplicates")
-        self.unique = Metrics.counter(NAMESPACE, "unique")
-        self.cleared = Metrics.counter(NAMESPACE, "dedup_state_cleared")
 
     def process(self, keyed: tuple[str, Post], timestamp=beam.DoFn.TimestampParam,
                 seen=beam.DoFn.StateParam(SEEN), forget=beam.DoFn.TimerParam(FORGET)):
