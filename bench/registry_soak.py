@@ -7,8 +7,9 @@ One Google Pub/Sub emulator (connectors/emulator.py) on a free loopback port; `p
 operator starts it (a subprocess, PUBSUB_EMULATOR_HOST set) on a registry whose current version is
 model A. Posts are published at `rate`/s for the whole run (ids in publish order); meanwhile:
 
-- at 25 % of the run, a BROKEN version is promoted (its SavedModel cut short; promoted without
-  the registry's check, as a pointer written by an older `pulse` or by hand would be);
+- at 25 % of the run (once the job has named its model), a BROKEN version is promoted (its
+  SavedModel cut short; promoted without the registry's check, as a pointer written by an older
+  `pulse` or by hand would be);
 - at 50 %, two promotions inside one watch interval (both vetted beforehand, so the two pointers
   are written milliseconds apart): model B (other weights), then model A again under a third
   version name; the job must end on the last one, never crash on the pane of two;
@@ -47,6 +48,15 @@ TEXTS = ("I love this phone", "I hate the new update, worst ever", "the app open
          "absolutely wonderful support team", "terrible battery, never again")
 WATCH_S = 2.0
 QUIET_S = 20.0
+
+
+LAUNCH_WAIT_S = 300.0
+
+
+def _launched(log_path: str, proc) -> bool:
+    """Has the job named its model (the launch line, logged once the registry is resolved)?"""
+    with open(log_path, errors="replace") as f:
+        return " INFO model " in f.read() or proc.poll() is not None
 
 
 @dataclasses.dataclass
@@ -161,6 +171,13 @@ def run_soak(model_a: str, model_b: str, workdir: str, duration_s: float, rate: 
         start = time.monotonic()
         for i in range(n):
             if i == n // 4:
+                # The promotions are for a running job: on a loaded machine its launch (TensorFlow's
+                # import, the registry's vetting) can outlast a quarter of a short run.
+                if not _launched(log_path, proc):
+                    log("[soak] waiting for the job to launch before the first promotion")
+                    while not _launched(log_path, proc) and proc.poll() is None \
+                            and time.monotonic() - started < LAUNCH_WAIT_S:
+                        time.sleep(0.5)
                 registry.promote(root, names["broken"], {"why": "soak: a broken promotion"}, check=False)
                 log(f"[soak] promoted the broken version at post {i}")
             if i == n // 2:

@@ -31,6 +31,7 @@ they import only models.serving and models.locations, never this module.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -43,6 +44,9 @@ from models import locations
 from models.contracts import ModelSpec
 from models.locations import BUNDLED
 from models.serving import text_length  # noqa: F401  (re-exported: tests and callers use it here)
+
+_LOG = logging.getLogger(__name__)
+_LOGGED: set[tuple[str, str]] = set()  # launch warnings already given in this process
 
 
 def _restore_beam_memory_probe() -> None:
@@ -151,11 +155,19 @@ def _resolve_registry(where: str) -> ModelSource:
 
     root = registry_root(REGISTRY_PREFIX + where)
     try:
-        pointer = registry.current(root)
+        if registry.current(root) is None:
+            raise ValueError(f"model registry {where} has no current model "
+                             f"(run `pulse registry init --registry {where}`)")
+        pointer, refused = registry.serving(root)
     except registry.RegistryError as e:
         raise ValueError(str(e)) from None
     if pointer is None:
-        raise ValueError(f"model registry {where} has no current model (run `pulse registry init --registry {where}`)")
+        raise ValueError(f"model registry {where}: no promoted version can serve ({refused[0][1]}; "
+                         f"promote a version that loads)")
+    if refused and (root, pointer.location) not in _LOGGED:
+        _LOGGED.add((root, pointer.location))
+        _LOG.error("model registry %s: %s; the job starts on version %s (promoted %s), the newest that loads",
+                   where, "; ".join(why for _, why in refused), pointer.version, pointer.promoted_at)
     source = resolve_model(pointer.location)
     if source.kind != "savedmodel":
         raise ValueError(f"model registry {where}: its current version {pointer.version} is not a contract SavedModel")

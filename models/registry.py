@@ -188,6 +188,35 @@ def vet_version(location: str, version: str) -> None:
     _VETTED.add(location)
 
 
+_REFUSED_AT_LAUNCH: dict[str, str] = {}  # location -> why vet_version refused it (a version never changes)
+
+
+def serving(registry: str) -> tuple[Pointer | None, list[tuple[Pointer, str]]]:
+    """The version a job launched now serves -> (its pointer or None, [(refused pointer, why)], newest first).
+
+    The current version, when it passes `vet_version`; else the newest earlier promotion that does,
+    which is what a running job keeps scoring with after a promotion it cannot load. A version
+    can reach the pointers unvetted (`promote(check=False)`, a pointer written by hand, a version
+    directory damaged after its promotion): a job launched then starts on the last good version
+    instead of failing on every bundle. Each version is loaded at most once per process.
+    """
+    refused: list[tuple[Pointer, str]] = []
+    seen: set[str] = set()
+    for pointer in reversed(history(registry)):
+        if pointer.location in seen:
+            continue
+        seen.add(pointer.location)
+        why = _REFUSED_AT_LAUNCH.get(pointer.location)
+        if why is None:
+            try:
+                vet_version(pointer.location, pointer.version)
+                return pointer, refused
+            except RegistryError as e:
+                why = _REFUSED_AT_LAUNCH.setdefault(pointer.location, str(e))
+        refused.append((pointer, why))
+    return None, refused
+
+
 def promote(registry: str, version: str, reason: dict, *, check: bool = True) -> Pointer:
     """Make `version` (already in versions/) the current model: write one new pointer -> it.
 

@@ -236,6 +236,52 @@ def test_promote_refuses_a_version_a_job_could_not_use(tmp_path, tiny_bundled_mo
     assert len(registry.history(reg)) == 1
 
 
+def test_a_job_launched_after_a_forced_broken_promotion_starts_on_the_last_good_version(
+        tmp_path, tiny_bundled_model, caplog, capsys):
+    """`promote(check=False)`, a pointer written by hand or a version damaged after its promotion
+    can make an unusable version current; a job launched then starts on the newest promotion that
+    loads (what a running job keeps scoring with), says so once, and refuses only when none loads."""
+    from models.handlers import resolve_model
+    from pipelines import sentiment_pipeline
+
+    reg = str(tmp_path / "registry")
+    registry.init(reg, tiny_bundled_model)
+    cut = copy_model(tiny_bundled_model, tmp_path / "cut", "6.cut")
+    open(os.path.join(cut, "saved_model.pb"), "wb").write(b"\x08\x01")
+    registry.add_version(reg, cut)
+    five = copy_model(tiny_bundled_model, tmp_path / "five", "5.classes")
+    spec = json.load(open(os.path.join(five, "model.json")))
+    spec.update(classes=["1", "2", "3", "4", "5"], class_scores=[-1, -0.5, 0, 0.5, 1],
+                class_labels=["negative", "negative", "neutral", "positive", "positive"])
+    json.dump(spec, open(os.path.join(five, "model.json"), "w"))
+    registry.add_version(reg, five)
+    registry.promote(reg, "6.cut", {"why": "forced"}, check=False)
+    registry.promote(reg, "5.classes", {"why": "forced"}, check=False)
+    assert registry.current(reg).version == "5.classes"
+    with caplog.at_level("ERROR", logger="models.handlers"):
+        assert resolve_model(f"registry:{reg}").location == registry.version_location(reg, "tiny-test")
+        assert resolve_model(f"registry:{reg}").location == registry.version_location(reg, "tiny-test")
+    [record] = [r for r in caplog.records if r.name == "models.handlers"]  # once per process
+    message = record.getMessage()
+    assert "version 5.classes is refused" in message and "declares 5 classes, the model outputs 3" in message
+    assert "version 6.cut is refused" in message and "does not load as a SavedModel" in message
+    assert "the job starts on version tiny-test" in message
+    pointer, refused = registry.serving(reg)
+    assert pointer.version == "tiny-test" and [p.version for p, _ in refused] == ["5.classes", "6.cut"]
+
+    # A registry none of whose promotions loads: `pulse run` refuses in one line, exit 2.
+    only_cut = str(tmp_path / "only_cut")
+    registry.init(only_cut, cut, check=False)
+    with pytest.raises(ValueError, match=r"no promoted version can serve \(version 6.cut is refused: "):
+        resolve_model(f"registry:{only_cut}")
+    sample = tmp_path / "in.jsonl"
+    sample.write_text('{"id": "1", "text": "hi"}\n')
+    code = sentiment_pipeline.main(["--input", str(sample), "--output", str(tmp_path / "out"),
+                                    "--model", f"registry:{only_cut}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "no promoted version can serve" in err[0], err
+
+
 def test_a_remote_registry_works_through_filesystems(writable_bucket, tiny_bundled_model, tmp_path):
     reg = "pulsetest://models/registry"
     pointer = registry.init(reg, tiny_bundled_model)
