@@ -43,6 +43,23 @@ def copy_model(source, dest, version):
     return str(dest)
 
 
+def five_class_copy(source, dest, version):
+    """A copy whose model.json declares five classes; the SavedModel outputs three."""
+    five = copy_model(source, dest, version)
+    spec = json.load(open(os.path.join(five, "model.json")))
+    spec.update(classes=["1", "2", "3", "4", "5"], class_scores=[-1, -0.5, 0, 0.5, 1],
+                class_labels=["negative", "negative", "neutral", "positive", "positive"])
+    json.dump(spec, open(os.path.join(five, "model.json"), "w"))
+    return five
+
+
+def cut_copy(source, dest, version):
+    """A copy whose SavedModel is cut short (its model.json is fine)."""
+    cut = copy_model(source, dest, version)
+    open(os.path.join(cut, "saved_model.pb"), "wb").write(b"\x08\x01")
+    return cut
+
+
 def pointer_bodies(reg):
     return [json.load(open(p)) for p in sorted(glob.glob(registry.pointer_glob(reg)))]
 
@@ -210,17 +227,8 @@ def test_the_pointer_name_filter(tmp_path):
 def test_promote_refuses_a_version_a_job_could_not_use(tmp_path, tiny_bundled_model, capsys):
     reg = str(tmp_path / "registry")
     registry.init(reg, tiny_bundled_model)
-    # model.json declares five classes; the SavedModel outputs three.
-    five = copy_model(tiny_bundled_model, tmp_path / "five", "5.classes")
-    spec = json.load(open(os.path.join(five, "model.json")))
-    spec.update(classes=["1", "2", "3", "4", "5"], class_scores=[-1, -0.5, 0, 0.5, 1],
-                class_labels=["negative", "negative", "neutral", "positive", "positive"])
-    json.dump(spec, open(os.path.join(five, "model.json"), "w"))
-    registry.add_version(reg, five)
-    # A SavedModel cut short.
-    cut = copy_model(tiny_bundled_model, tmp_path / "cut", "6.cut")
-    open(os.path.join(cut, "saved_model.pb"), "wb").write(b"\x08\x01")
-    registry.add_version(reg, cut)
+    registry.add_version(reg, five_class_copy(tiny_bundled_model, tmp_path / "five", "5.classes"))
+    registry.add_version(reg, cut_copy(tiny_bundled_model, tmp_path / "cut", "6.cut"))
     # languages the job cannot read.
     odd = copy_model(tiny_bundled_model, tmp_path / "odd", "7.lang")
     spec = json.load(open(os.path.join(odd, "model.json")))
@@ -246,15 +254,9 @@ def test_a_job_launched_after_a_forced_broken_promotion_starts_on_the_last_good_
 
     reg = str(tmp_path / "registry")
     registry.init(reg, tiny_bundled_model)
-    cut = copy_model(tiny_bundled_model, tmp_path / "cut", "6.cut")
-    open(os.path.join(cut, "saved_model.pb"), "wb").write(b"\x08\x01")
+    cut = cut_copy(tiny_bundled_model, tmp_path / "cut", "6.cut")
     registry.add_version(reg, cut)
-    five = copy_model(tiny_bundled_model, tmp_path / "five", "5.classes")
-    spec = json.load(open(os.path.join(five, "model.json")))
-    spec.update(classes=["1", "2", "3", "4", "5"], class_scores=[-1, -0.5, 0, 0.5, 1],
-                class_labels=["negative", "negative", "neutral", "positive", "positive"])
-    json.dump(spec, open(os.path.join(five, "model.json"), "w"))
-    registry.add_version(reg, five)
+    registry.add_version(reg, five_class_copy(tiny_bundled_model, tmp_path / "five", "5.classes"))
     registry.promote(reg, "6.cut", {"why": "forced"}, check=False)
     registry.promote(reg, "5.classes", {"why": "forced"}, check=False)
     assert registry.current(reg).version == "5.classes"
